@@ -1,0 +1,278 @@
+"""Building one entry's cache layers, exactly as the jobs will look them up.
+
+Runs in the agent's process (jobs=1) or in a worker process (jobs>1); either way the
+job environment (cache roots, offline flags) is put in ``os.environ`` *before*
+``datasets`` is imported, because `datasets` reads it once at import.
+
+HF layer: the consumer's own ``load_dataset`` call. Before it, the folder that call will
+use is computed with ``load_dataset_builder``; a folder that is stale (the source was
+rewritten under the same key, e.g. ``cp -p``) or broken (info file without its Arrow
+data) is moved aside atomically first, so the call rebuilds it.
+
+inspect layer: ``save_to_disk`` into a temporary folder beside the target, then renamed
+into place (swapped atomically with a stale one where the kernel allows), so no job ever
+sees half of it; inspect-ai itself writes it in place with no lock.
+
+Each entry is built under its own lock, and a small record of what was built is kept
+next to the lock (``<hf root>/.cluster-agent/``): an agent that waited for the lock, or
+another experiment sharing the dataset, sees the record and does not build again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from agent import diagnose, locks
+from agent.errors import SourceError
+from agent.fingerprint import Fingerprint, fingerprint
+from agent.layers import HF, INSPECT, CacheRoots, Layer, inspect_folder, layer_problems, snapshot_layer
+from agent.plan import LoadCall
+
+
+@dataclass
+class BuildRequest:
+    call: LoadCall
+    consumer: str
+    roots: CacheRoots
+    job_env: Dict[str, str]
+    versions: Dict[str, Optional[str]]
+    previous: Optional[Fingerprint]  # what the manifest last recorded for the source
+    lock_kind: str = "flock"
+    lock_timeout_s: float = 900.0
+    lock_stale_s: float = 3600.0
+    force: bool = False
+    umask: Optional[int] = None
+
+
+@dataclass
+class BuildOutcome:
+    status: str  # built | rebuilt | unchanged (someone else built it while we waited)
+    rows: int
+    layers: Dict[str, Layer]
+    source: Fingerprint
+    seconds: float
+    notes: List[str] = field(default_factory=list)
+
+
+def state_dir(roots: CacheRoots) -> Path:
+    return roots.hf / ".cluster-agent"
+
+
+def record_key(call: LoadCall, consumer: str, versions: Dict[str, Optional[str]]) -> str:
+    import hashlib
+
+    raw = json.dumps([call.key(), consumer, versions.get("datasets"), versions.get("inspect_ai")])
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _read_record(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def record_still_valid(record: Optional[dict], source: Fingerprint, consumer: str) -> bool:
+    """A shared record proves the layers were built from this very file content."""
+    if not record:
+        return False
+    try:
+        fp = Fingerprint.from_json(record["source"])
+        layers = {k: Layer.from_json(v) for k, v in record["layers"].items()}
+    except (KeyError, TypeError, ValueError):
+        return False
+    if fp.sha256 != source.sha256 or fp.mtime_ns != source.mtime_ns:
+        return False  # content moved, or the mtime (part of the HF key) moved
+    wanted = [HF, INSPECT] if consumer == INSPECT else [HF]
+    return all(k in layers and not layer_problems(k, layers[k]) for k in wanted)
+
+
+def _set_job_env(env: Dict[str, str]) -> None:
+    import sys
+
+    if "datasets" in sys.modules:
+        # The roots are read at import; a mismatch here would build into the wrong place.
+        import datasets.config as dc
+
+        if str(dc.HF_DATASETS_CACHE) != env["HF_DATASETS_CACHE"]:
+            dc.HF_DATASETS_CACHE = Path(env["HF_DATASETS_CACHE"])
+    os.environ.update(env)
+
+
+def move_aside(folder: Path) -> None:
+    """Rename a stale or broken folder out of the way (atomic), then delete it."""
+    grave = folder.with_name(f".{folder.name}.stale-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.rename(folder, grave)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(grave, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def publish_folder(tmp: Path, target: Path) -> None:
+    """Put a finished folder at `target`; an existing one is replaced without a gap where
+    the file system allows it, else with a gap of one rename."""
+    try:
+        os.rename(tmp, target)
+        return
+    except OSError:
+        if not target.exists():
+            raise
+    if _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+        return
+    move_aside(target)
+    os.rename(tmp, target)
+
+
+def hf_layer_whole(folder: Path, split: str) -> bool:
+    """Info file present and the Arrow files hold the rows the info file promises."""
+    info_path = folder / "dataset_info.json"
+    try:
+        info = json.loads(info_path.read_text())
+        expected = int(info["splits"][split]["num_examples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    import pyarrow as pa
+
+    rows = 0
+    shards = sorted(folder.glob(f"*-{split}*.arrow"))
+    if not shards:
+        return False
+    try:
+        for shard in shards:
+            with pa.memory_map(str(shard)) as source:
+                reader = pa.ipc.open_stream(source)
+                for batch in reader:
+                    rows += batch.num_rows
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return rows == expected
+
+
+def _build_hf(req: BuildRequest, replace: bool, notes: List[str]):
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    kwargs = req.call.kwargs()
+    builder = datasets.load_dataset_builder(req.call.builder, **kwargs)
+    hf_dir = Path(builder.cache_dir)
+    if hf_dir.exists():
+        if replace:
+            notes.append(f"source changed under the same HF key: replaced {hf_dir}")
+            move_aside(hf_dir)
+        elif not hf_layer_whole(hf_dir, req.call.split):
+            notes.append(f"repaired broken HF cache {hf_dir}")
+            move_aside(hf_dir)
+    ds = datasets.load_dataset(req.call.builder, split=req.call.split, **kwargs)
+    folder = Path(ds.cache_files[0]["filename"]).parent if ds.cache_files else hf_dir
+    return ds, folder
+
+
+def _build_inspect(req: BuildRequest, ds, notes: List[str]) -> Layer:
+    target = inspect_folder(req.roots, req.call, req.versions.get("inspect_ai") or "0")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds.save_to_disk(str(tmp))
+    if target.exists():
+        notes.append(f"replaced inspect cache {target}")
+    publish_folder(tmp, target)
+    return snapshot_layer(target)
+
+
+def build_entry(req: BuildRequest) -> BuildOutcome:
+    """Build (or confirm) one entry under its lock; raises SourceError on failure."""
+    t0 = time.perf_counter()
+    if req.umask is not None:
+        os.umask(req.umask)
+    _set_job_env(req.job_env)
+    path = req.call.data_files
+    before = fingerprint(path, req.previous)
+    store = state_dir(req.roots)
+    key = record_key(req.call, req.consumer, req.versions)
+    record_path = store / "entries" / f"{key}.json"
+    with locks.hold(store / "locks" / f"{key}.lock", req.lock_kind, req.lock_timeout_s, req.lock_stale_s):
+        record = _read_record(record_path)
+        if not req.force and record_still_valid(record, before, req.consumer):
+            assert record is not None
+            return BuildOutcome("unchanged", int(record["rows"]),
+                                {k: Layer.from_json(v) for k, v in record["layers"].items()},
+                                before, time.perf_counter() - t0, ["built by another agent"])
+        # The same HF key with other content: the HF folder must be replaced, not reused.
+        old = Fingerprint.from_json(record["source"]) if record and "source" in record else req.previous
+        content_moved = old is not None and old.sha256 != before.sha256
+        replace = req.force or (content_moved and old is not None and old.mtime_ns == before.mtime_ns)
+        if record is None and req.previous is None:
+            replace = replace or _older_than_source(req, before)
+        notes: List[str] = []
+        try:
+            ds, hf_folder = _build_hf(req, replace, notes)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
+            raise SourceError(diagnose.explain(path, req.call.field, exc)) from exc
+        layers = {HF: snapshot_layer(hf_folder)}
+        problems = layer_problems(HF, layers[HF])
+        if problems:
+            raise SourceError(f"{path} ({problems[0]})")
+        if req.consumer == INSPECT:
+            layers[INSPECT] = _build_inspect(req, ds, notes)
+        rows = ds.num_rows
+        after = fingerprint(path, before)
+        if after.sha256 != before.sha256 or after.mtime_ns != before.mtime_ns:
+            raise SourceError(f"{path} (changed while it was being built; run cluster-agent again)")
+        status = "rebuilt" if old is not None or replace else "built"
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(record_path, {
+            "call": req.call.__dict__, "consumer": req.consumer, "versions": req.versions,
+            "source": before.to_json(), "rows": rows,
+            "layers": {k: v.to_json() for k, v in layers.items()}, "built_at": time.time(),
+        })
+        return BuildOutcome(status, rows, layers, before, time.perf_counter() - t0, notes)
+
+
+def _older_than_source(req: BuildRequest, source: Fingerprint) -> bool:
+    """With no record at all: an existing HF folder written before the source's last
+    change (ctime) may hold old rows (e.g. the file was replaced with `cp -p`)."""
+    import datasets
+
+    with contextlib.suppress(Exception):
+        folder = Path(datasets.load_dataset_builder(req.call.builder, **req.call.kwargs()).cache_dir)
+        info = folder / "dataset_info.json"
+        if info.exists():
+            return info.stat().st_mtime_ns < source.ctime_ns
+    return False

@@ -1,0 +1,152 @@
+"""The command line: `cluster-agent [key=value ...]` (a Hydra override grammar).
+
+Thin on purpose: compose and validate the config, set up logging, call a plain function,
+turn expected errors into one line and an exit code (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+from agent.errors import EXIT_USAGE, AgentError
+
+EXAMPLES = """\
+  cluster-agent                                   # the bundled example, local site, ask on failure
+  cluster-agent experiment=~/sweeps/exp1/experiment_summary.yaml site=della policy=stop
+  cluster-agent experiment=exp1/experiment_summary.yaml action=check task=capitalization output=json
+"""
+
+
+def help_text() -> str:
+    from agent.config import GROUPS, group_options
+
+    groups = "\n".join(f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS)
+    return f"""\
+cluster-agent: pre-build every dataset cache an eval sweep reads, write a manifest,
+and gate the SLURM launch on it, so any number of jobs can start at the same instant.
+
+Usage: cluster-agent [key=value ...] [--cfg job] [--help]
+
+Config groups (choose one with group=option; files in conf/<group>/):
+{groups}
+
+Keys (override any of them, e.g. site.hf_cache=/scratch/hf):
+  experiment=PATH        experiment summary (default: the bundled example)
+  action=prebuild|plan|check
+                         prebuild builds; plan lists what prebuild would do and writes
+                         nothing; check is the launch gate (fast, exit 3 if not ready)
+  output=text|json|shell json: exactly one JSON document on stdout, logs on stderr;
+                         shell (with check): `export VAR=value` lines for the job
+  task=NAME              narrow plan/check to one task
+  jobs=N                 build N datasets at once (separate processes)
+  manifest=PATH          default <summary folder>/.cluster-agent/manifest.json
+  log_file=PATH          default <summary folder>/logs/cluster-agent.log
+  verify=false           skip re-loading each built dataset with the real consumer
+  force=true             rebuild everything
+  verbose=true           debug logs, tracebacks for errors
+  policy.non_interactive=continue|stop   what policy=ask does without a terminal
+
+Examples:
+{EXAMPLES}
+Show the resolved config: cluster-agent [overrides] --cfg job
+
+Exit codes: 0 proceed, 1 stop (failure under policy=stop, a "no" to ask, ask without
+a terminal), 2 usage or config error, 3 the launch gate refused.
+"""
+
+
+def _split_flags(argv: List[str]) -> tuple:
+    overrides, show_cfg = [], False
+    it = iter(argv)
+    for arg in it:
+        if arg in ("--cfg", "-c"):
+            nxt = next(it, "job")
+            if nxt not in ("job", "all"):
+                raise AgentError(f"--cfg {nxt}: only '--cfg job' is supported")
+            show_cfg = True
+        elif arg.startswith("--cfg="):
+            show_cfg = True
+        elif arg.startswith("-"):
+            raise AgentError(f"unknown option {arg}; see cluster-agent --help")
+        else:
+            overrides.append(arg)
+    return overrides, show_cfg
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        sys.stdout.write(help_text())
+        return 0
+    if "--version" in argv:
+        from agent import __version__
+
+        sys.stdout.write(f"cluster-agent {__version__}\n")
+        return 0
+
+    from agent import gate
+
+    fast = gate.fast_args(argv)
+    if fast is not None:  # the launch gate: no Hydra, no datasets (see agent.gate)
+        return gate.main_fast(fast)
+
+    verbose = any(a.lower() in ("verbose=true", "verbose=1") for a in argv)
+    try:
+        overrides, show_cfg = _split_flags(argv)
+        from agent import config
+
+        composed = config.compose_config(overrides)
+        cfg = config.to_typed(composed)
+        if show_cfg:
+            from omegaconf import OmegaConf
+
+            sys.stdout.write(OmegaConf.to_yaml(composed, resolve=True))
+            return 0
+        if cfg.action.name == "check":
+            from agent.run import resolve_paths
+
+            return gate.emit(gate.check(resolve_paths(cfg).manifest, cfg.task), cfg.output.name)
+        if cfg.launcher.kind.name == "slurm" and cfg.action.name == "prebuild":
+            from agent.launcher import submit_prebuild
+
+            return submit_prebuild(cfg, argv)
+        return _run_logged(cfg)
+    except AgentError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"cluster-agent: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("cluster-agent: interrupted\n")
+        return 130
+
+
+def _run_logged(cfg) -> int:
+    from agent import logs, run
+
+    paths = run.resolve_paths(cfg)
+    log_file = None
+    if cfg.action.name == "prebuild":
+        try:
+            paths.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(paths.log_file, "a"):
+                log_file = paths.log_file
+        except OSError as exc:
+            sys.stderr.write(f"cluster-agent: warning: log file {paths.log_file} not writable ({exc.strerror}); "
+                             "logging to stderr only\n")
+    write = None
+    if sys.stderr.isatty() and cfg.output.name == "text":
+        from tqdm import tqdm
+
+        def write(message: str) -> None:
+            tqdm.write(message.rstrip("\n"), file=sys.stderr)
+
+    logs.setup(log_file, cfg.verbose, write)
+    return run.run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

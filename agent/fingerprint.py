@@ -1,0 +1,84 @@
+"""What a build depended on: the source file's size, times, inode and content hash.
+
+The content is hashed only when the cheap stat fields moved (like DVC and make): a
+rewrite that keeps the mtime (`cp -p`, `rsync -t`) still changes the ctime and usually
+the inode, so it is caught, while an unchanged file costs one stat.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+from agent.errors import SourceError
+
+_CHUNK = 1 << 20  # stream 1 MiB at a time: memory stays flat for any file size
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    sha256: Optional[str] = None
+
+    def same_stat(self, other: "Fingerprint") -> bool:
+        return (self.size, self.mtime_ns, self.ctime_ns, self.inode) == (
+            other.size, other.mtime_ns, other.ctime_ns, other.inode)
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(doc: Dict[str, Any]) -> "Fingerprint":
+        return Fingerprint(int(doc["size"]), int(doc["mtime_ns"]), int(doc.get("ctime_ns", 0)),
+                           int(doc.get("inode", 0)), doc.get("sha256"))
+
+
+def _open_error(path: str, exc: OSError) -> SourceError:
+    if exc.errno == errno.ENOENT:
+        return SourceError(f"{path} (no such file)", missing=True)
+    if exc.errno == errno.ELOOP:
+        return SourceError(f"{path} (symlink loop: fix the link)")
+    if exc.errno == errno.EACCES:
+        return SourceError(f"{path} (permission denied: make it readable)")
+    if exc.errno == errno.EISDIR:
+        return SourceError(f"{path} (is a folder, expected a data file)")
+    return SourceError(f"{path} ({exc.strerror or exc})")
+
+
+def stat_source(path: str) -> Fingerprint:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    if not os.path.isfile(path):
+        raise SourceError(f"{path} (is a folder, expected a data file)" if os.path.isdir(path)
+                          else f"{path} (not a regular file)")
+    return Fingerprint(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def content_hash(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()  # streams in chunks
+    except AttributeError:  # Python < 3.11
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+
+
+def fingerprint(path: str, previous: Optional[Fingerprint] = None) -> Fingerprint:
+    """Stat the file; hash it unless the stat matches `previous` (then reuse its hash)."""
+    fp = stat_source(path)
+    if previous is not None and previous.sha256 and fp.same_stat(previous):
+        return Fingerprint(fp.size, fp.mtime_ns, fp.ctime_ns, fp.inode, previous.sha256)
+    return Fingerprint(fp.size, fp.mtime_ns, fp.ctime_ns, fp.inode, content_hash(path))

@@ -1,0 +1,157 @@
+"""Where each cache layer lives, and whether what is on disk is whole.
+
+Nothing here imports `datasets` or `inspect_ai`: the launch gate and the unchanged
+re-run use it. inspect-ai's folder name is recomputed with `mmh3` + `platformdirs`, the
+two libraries inspect-ai itself uses for it (cross-checked against inspect's own helpers
+in tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from agent.plan import LoadCall
+
+HF = "hf"
+INSPECT = "inspect"
+
+
+@dataclass(frozen=True)
+class CacheRoots:
+    """Absolute cache locations as the jobs will see them (from the job environment)."""
+
+    hf: Path  # what HF_DATASETS_CACHE resolves to
+    xdg: Path  # XDG_CACHE_HOME; inspect-ai's cache is <xdg>/inspect_ai
+
+    @property
+    def inspect(self) -> Path:
+        return self.xdg / "inspect_ai" / "hf_datasets"
+
+    def job_env(self, consumer: str, extra: Mapping[str, str]) -> Dict[str, str]:
+        """What each job must export to look where the pre-build wrote (DESIGN §5)."""
+        env = {
+            "HF_DATASETS_CACHE": str(self.hf),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+        }
+        if consumer == INSPECT:
+            env["XDG_CACHE_HOME"] = str(self.xdg)
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+
+def resolve_roots(hf_cache: Optional[Path], xdg_cache_home: Optional[Path], environ: Mapping[str, str]) -> CacheRoots:
+    """Resolve like `datasets` and platformdirs do when the site leaves a root unset."""
+    home = os.path.expanduser("~")
+    xdg = xdg_cache_home or Path(os.path.abspath(os.path.expanduser(environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"))))
+    if hf_cache is None:
+        if environ.get("HF_DATASETS_CACHE"):
+            hf_cache = Path(environ["HF_DATASETS_CACHE"])
+        else:
+            hf_home = environ.get("HF_HOME") or os.path.join(environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"), "huggingface")
+            hf_cache = Path(hf_home) / "datasets"
+        hf_cache = Path(os.path.abspath(os.path.expanduser(str(hf_cache))))
+    return CacheRoots(hf=hf_cache, xdg=xdg)
+
+
+# --- inspect-ai's key ------------------------------------------------------------------
+
+
+def _version_tuple(version: str) -> tuple:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def inspect_key_message(call: LoadCall, inspect_version: str) -> str:
+    """The string inspect-ai's hf_dataset hashes (inspect_ai/dataset/_sources/hf.py).
+
+    0.3.285: f"{path}{name}{data_dir}{split}{revision}{kwargs}"; releases before revision
+    joined the key (0.3.209 and earlier measured) hash f"{path}{name}{data_dir}{split}{kwargs}".
+    """
+    kwargs = call.kwargs()
+    if _version_tuple(inspect_version) >= INSPECT_REVISION_IN_KEY:
+        return f"{call.builder}{None}{None}{call.split}{None}{kwargs}"
+    return f"{call.builder}{None}{None}{call.split}{kwargs}"
+
+
+# First release whose key includes {revision}: seen in 0.3.285, absent in 0.3.209. The
+# exact release in between is not known here; tests cross-check the installed version.
+INSPECT_REVISION_IN_KEY = (0, 3, 210)
+
+
+def mm3_hash(message: str) -> str:
+    import mmh3
+
+    h1, h2 = mmh3.hash64(message.encode("utf-8", errors="backslashreplace"))
+    return f"{h1 & 0xFFFFFFFFFFFFFFFF:016x}{h2 & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def safe_filename(s: str, max_length: int = 255) -> str:
+    """inspect_ai._util.file.safe_filename, for the names we need (builders like 'json')."""
+    s = unicodedata.normalize("NFKD", s).encode("ASCII", "ignore").decode("ASCII")
+    safe = string.ascii_letters + string.digits + ".-_"
+    s = re.sub(r"_+", "_", "".join(c if c in safe else "_" for c in s)).strip("._")
+    s = s or "untitled"
+    return s[:max_length]
+
+
+def inspect_folder(roots: CacheRoots, call: LoadCall, inspect_version: str) -> Path:
+    return roots.inspect / f"{safe_filename(call.builder)}-{mm3_hash(inspect_key_message(call, inspect_version))}"
+
+
+# --- what a whole layer looks like ------------------------------------------------------
+
+# The files without which each layer is broken (and poisons every later job).
+REQUIRED = {
+    HF: ("dataset_info.json",),
+    INSPECT: ("state.json", "dataset_info.json"),
+}
+
+
+@dataclass
+class Layer:
+    dir: str
+    files: Dict[str, int]  # file name -> size in bytes
+
+    def to_json(self) -> dict:
+        return {"dir": self.dir, "files": dict(self.files)}
+
+    @staticmethod
+    def from_json(doc: dict) -> "Layer":
+        return Layer(str(doc["dir"]), {str(k): int(v) for k, v in doc["files"].items()})
+
+
+def snapshot_layer(folder: Path) -> Layer:
+    """Record a freshly built layer: every regular file with its size."""
+    files = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file(follow_symlinks=False):
+            files[entry.name] = entry.stat().st_size
+    return Layer(str(folder), files)
+
+
+def layer_problems(kind: str, layer: Layer) -> List[str]:
+    """Why the layer on disk is not the one recorded: missing folder, files, truncation."""
+    try:
+        present = {e.name: e.stat().st_size for e in os.scandir(layer.dir) if e.is_file()}
+    except FileNotFoundError:
+        return [f"{kind} cache folder {layer.dir} is gone"]
+    except OSError as exc:
+        return [f"{kind} cache folder {layer.dir} unreadable ({exc.strerror})"]
+    problems = []
+    for name in REQUIRED[kind]:
+        if name not in present:
+            problems.append(f"{kind} cache {layer.dir} lacks {name}")
+    if not any(n.endswith(".arrow") for n in present):
+        problems.append(f"{kind} cache {layer.dir} has no Arrow file")
+    for name, size in layer.files.items():
+        if name not in present:
+            problems.append(f"{kind} cache file {name} missing in {layer.dir}")
+        elif present[name] != size:
+            problems.append(f"{kind} cache file {layer.dir}/{name} is {present[name]} bytes, recorded {size} (truncated or rewritten)")
+    return problems

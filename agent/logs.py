@@ -1,0 +1,46 @@
+"""Logging: the one place that calls `logger.add` (DESIGN §6).
+
+Each line is `[YYYY-MM-DD HH:MM:SS] EVENT: message`, on stderr and appended to the
+experiment's log file. Records from the standard `logging` module (datasets, filelock,
+hydra, fsspec) are routed into the same sinks by an intercept handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from loguru import logger
+
+FORMAT = "[{time:YYYY-MM-DD HH:mm:ss}] {extra[event]}: {message}"
+
+
+class _Intercept(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        event = record.name.split(".")[0].upper() or "LOG"
+        try:
+            level = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.bind(event=event).opt(exception=record.exc_info).log(level, record.getMessage())
+
+
+def setup(log_file: Optional[Path], verbose: bool, write: Optional[Callable[[str], None]] = None) -> None:
+    """stderr (or `write`, e.g. a progress bar's writer) plus the log file."""
+    logger.remove()
+    logger.configure(extra={"event": "LOG"})
+    level = "DEBUG" if verbose else "INFO"
+    sink = write if write is not None else sys.stderr
+    logger.add(sink, format=FORMAT, level=level, colorize=False, backtrace=verbose, diagnose=False)
+    if log_file is not None:
+        logger.add(str(log_file), format=FORMAT, level=level, colorize=False, enqueue=False,
+                   encoding="utf-8", catch=True)
+    logging.basicConfig(handlers=[_Intercept()], level=logging.DEBUG if verbose else logging.WARNING, force=True)
+    for name in ("datasets", "filelock", "hydra", "fsspec", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def event(name: str, message: str, level: str = "INFO") -> None:
+    logger.bind(event=name).log(level, message)

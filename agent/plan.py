@@ -1,0 +1,133 @@
+"""From tasks to entries: one entry per unique consumer call (DESIGN §4).
+
+Both consumers key their caches on the literal ``data_files`` string, so an entry
+records the exact string the jobs must pass: the summary's path joined to the summary's
+folder and normalised (absolute, no ``./`` or ``//``). Paths that a job could easily
+spell differently are reported as hazards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from agent.errors import SummaryError
+from agent.summary import Summary
+
+# file suffix -> (datasets builder, does a `field=` apply)
+BUILDERS = {
+    ".json": ("json", True),
+    ".jsonl": ("json", False),
+    ".ndjson": ("json", False),
+    ".csv": ("csv", False),
+    ".parquet": ("parquet", False),
+}
+
+
+@dataclass(frozen=True)
+class LoadCall:
+    """The exact call a job makes: load_dataset(builder, data_files=..., field=..., split=...)."""
+
+    builder: str
+    data_files: str
+    field: Optional[str]
+    split: str
+
+    def kwargs(self) -> Dict[str, str]:
+        # Order matters: inspect-ai hashes str(kwargs), and jobs pass data_files then field.
+        out = {"data_files": self.data_files}
+        if self.field is not None:
+            out["field"] = self.field
+        return out
+
+    def key(self) -> str:
+        """A stable id of the call (not of any library version)."""
+        raw = json.dumps([self.builder, self.data_files, self.field, self.split])
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return f"{self.data_files} (field={self.field})" if self.field else self.data_files
+
+    def python(self, consumer: str) -> str:
+        """The call as a job would write it, for docs, logs and the manifest."""
+        args = [repr(self.builder)] + [f"{k}={v!r}" for k, v in self.kwargs().items()]
+        args.append(f"split={self.split!r}")
+        fn = "inspect_ai.dataset.hf_dataset" if consumer == "inspect" else "datasets.load_dataset"
+        if consumer == "inspect":
+            args[0] = f"path={args[0]}"
+        return f"{fn}({', '.join(args)})"
+
+
+@dataclass
+class Entry:
+    call: LoadCall
+    tasks: List[str]
+    source: Path  # the file to fingerprint (same string as call.data_files)
+    written: str  # the path as the summary wrote it (first task's)
+    hazards: List[str] = field(default_factory=list)
+
+
+def resolve_path(summary: Summary, written: str) -> str:
+    joined = os.path.join(str(summary.folder), os.path.expanduser(written))
+    return os.path.normpath(joined)
+
+
+def path_hazards(written: str, resolved: str) -> List[str]:
+    """Reasons why a job might pass a different string for the same file."""
+    notes = []
+    if not os.path.isabs(written):
+        notes.append("relative path")
+    if "/./" in f"/{written}" or written.startswith("./"):
+        notes.append("contains './'")
+    if "//" in written:
+        notes.append("contains '//'")
+    if "/../" in f"/{written}/":
+        notes.append("contains '..'")
+    try:
+        if os.path.realpath(resolved) != resolved:
+            notes.append(f"passes through a symlink (real file: {os.path.realpath(resolved)})")
+    except OSError:
+        pass
+    return notes
+
+
+def builder_for(path: str, task_name: str) -> tuple:
+    suffix = Path(path).suffix.lower()
+    if suffix not in BUILDERS:
+        raise SummaryError(
+            f"task '{task_name}': dataset {path} has an unknown extension '{suffix or '(none)'}'; "
+            f"use one of {', '.join(BUILDERS)}"
+        )
+    return BUILDERS[suffix]
+
+
+def make_plan(summary: Summary, split: str, default_field: str, only_task: Optional[str] = None) -> List[Entry]:
+    """Group the summary's tasks into entries, in first-appearance order."""
+    tasks = summary.tasks
+    if only_task is not None:
+        tasks = [t for t in tasks if t.name == only_task]
+        if not tasks:
+            names = ", ".join(t.name for t in summary.tasks)
+            raise SummaryError(f"task={only_task}: no such task in {summary.path}; tasks: {names}")
+    entries: Dict[LoadCall, Entry] = {}
+    for task in tasks:
+        resolved = resolve_path(summary, task.dataset)
+        builder, takes_field = builder_for(resolved, task.name)
+        fld: Optional[str] = None
+        if takes_field:
+            fld = task.field if task.field_set else default_field
+        elif task.field_set and task.field is not None:
+            raise SummaryError(
+                f"task '{task.name}': field '{task.field}' given but {task.dataset} is "
+                f"{Path(resolved).suffix} (no top-level fields); remove field or use a .json file"
+            )
+        call = LoadCall(builder, resolved, fld, split)
+        if call in entries:
+            entries[call].tasks.append(task.name)
+        else:
+            entries[call] = Entry(call, [task.name], Path(resolved), task.dataset, path_hazards(task.dataset, resolved))
+    return list(entries.values())

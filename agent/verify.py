@@ -1,0 +1,112 @@
+"""Verification with the real consumer, in a fresh process with the job environment.
+
+After building, one subprocess (``python -m agent.verify``) exports exactly the
+environment the manifest tells jobs to export, then makes each entry's real call —
+``inspect_ai.dataset.hf_dataset(...)`` or ``datasets.load_dataset(...)`` — and checks it
+was a pure cache hit: nothing created or modified under either cache root, and the rows
+it returned are the rows the manifest records. Anything else fails the entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List, Tuple
+
+# Lock files are created on first use and their mtime moves on every acquisition (they
+# are opened with O_TRUNC); they hold no data, so they are not evidence of a rebuild.
+_IGNORED_SUFFIXES = (".lock",)
+
+
+def snapshot(roots: List[str]) -> Dict[str, Tuple[int, int]]:
+    seen: Dict[str, Tuple[int, int]] = {}
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            if os.path.basename(folder) == ".cluster-agent":
+                dirs[:] = []
+                continue
+            for name in files:
+                if name.endswith(_IGNORED_SUFFIXES):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                seen[path] = (st.st_size, st.st_mtime_ns)
+            for name in dirs:
+                seen[os.path.join(folder, name) + "/"] = (0, 0)
+    return seen
+
+
+def _diff(before: Dict[str, Tuple[int, int]], after: Dict[str, Tuple[int, int]]) -> List[str]:
+    changed = [p for p in after if p not in before or before[p] != after[p]]
+    gone = [p for p in before if p not in after]
+    return sorted(changed) + [f"{p} (removed)" for p in sorted(gone)]
+
+
+def _consume(consumer: str, call: Dict[str, Any]) -> int:
+    kwargs = {"data_files": call["data_files"]}
+    if call.get("field") is not None:
+        kwargs["field"] = call["field"]
+    if consumer == "inspect":
+        from inspect_ai.dataset import Sample, hf_dataset
+
+        def to_sample(record: Dict[str, Any]) -> Sample:
+            return Sample(input=str(record.get("input", "")), target=str(record.get("output", "")))
+
+        return len(hf_dataset(path=call["builder"], split=call["split"], sample_fields=to_sample, **kwargs))
+    import datasets
+
+    return datasets.load_dataset(call["builder"], split=call["split"], **kwargs).num_rows
+
+
+def probe(request: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Runs inside the fresh process. One result per call: {ok, rows, error}."""
+    import contextlib
+    import io
+
+    results = []
+    for call in request["calls"]:
+        before = snapshot(request["roots"])
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # inspect prints on a cache miss
+                rows = _consume(request["consumer"], call)
+        except Exception as exc:  # noqa: BLE001 - reported as the entry's failure
+            results.append({"ok": False, "rows": None, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+            continue
+        changed = _diff(before, snapshot(request["roots"]))
+        if changed:
+            results.append({"ok": False, "rows": rows, "error": (
+                f"the consumer's call was not a pure cache hit: it wrote {changed[0]}"
+                + (f" and {len(changed) - 1} more" if len(changed) > 1 else ""))})
+        elif rows != call["rows"]:
+            results.append({"ok": False, "rows": rows, "error": f"the consumer read {rows} rows, the build recorded {call['rows']}"})
+        else:
+            results.append({"ok": True, "rows": rows, "error": None})
+    return results
+
+
+def verify(consumer: str, calls: List[Dict[str, Any]], roots: List[str], job_env: Dict[str, str],
+           timeout: float = 1800) -> List[Dict[str, Any]]:
+    """Run `probe` in a fresh interpreter with the job environment; one result per call."""
+    env = dict(os.environ)
+    env.update(job_env)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    request = json.dumps({"consumer": consumer, "calls": calls, "roots": roots})
+    proc = subprocess.run([sys.executable, "-m", "agent.verify"], input=request, capture_output=True,
+                          text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return [{"ok": False, "rows": None, "error": f"verification process failed: {tail}"} for _ in calls]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.WARNING)
+    out = probe(json.loads(sys.stdin.read()))
+    sys.stdout.write("\n" + json.dumps(out) + "\n")
