@@ -70,8 +70,8 @@ def _version_tuple(version: str) -> tuple:
 def inspect_key_message(call: LoadCall, inspect_version: str) -> str:
     """The string inspect-ai's hf_dataset hashes (inspect_ai/dataset/_sources/hf.py).
 
-    0.3.285: f"{path}{name}{data_dir}{split}{revision}{kwargs}"; releases before revision
-    joined the key (0.3.209 and earlier measured) hash f"{path}{name}{data_dir}{split}{kwargs}".
+    0.3.221 and later: f"{path}{name}{data_dir}{split}{revision}{kwargs}"; earlier releases
+    (0.3.220 and before) hash f"{path}{name}{data_dir}{split}{kwargs}".
     """
     kwargs = call.kwargs()
     if _version_tuple(inspect_version) >= INSPECT_REVISION_IN_KEY:
@@ -79,9 +79,12 @@ def inspect_key_message(call: LoadCall, inspect_version: str) -> str:
     return f"{call.builder}{None}{None}{call.split}{kwargs}"
 
 
-# First release whose key includes {revision}: seen in 0.3.285, absent in 0.3.209. The
-# exact release in between is not known here; tests cross-check the installed version.
-INSPECT_REVISION_IN_KEY = (0, 3, 210)
+# First release whose key includes {revision}: 0.3.221. Verified from the PyPI wheels
+# (`pip download --no-deps inspect-ai==V`, inspect_ai/dataset/_sources/hf.py): 0.3.220
+# hashes f"{path}{name}{data_dir}{split}{kwargs}", 0.3.221 (and 0.3.222/223/228/247/285)
+# f"{path}{name}{data_dir}{split}{revision}{kwargs}". tests/test_inspect_layer.py runs the
+# real hf_dataset of both releases and compares the folder it writes with ours.
+INSPECT_REVISION_IN_KEY = (0, 3, 221)
 
 
 def mm3_hash(message: str) -> str:
