@@ -278,10 +278,12 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
     prev_entries = manifest.entries_by_key(previous) if previous else {}
 
     items = [Item(e) for e in entries]
+    warned = set()
     for item in items:
-        for note in item.entry.hazards:
-            event("PATH_HAZARD", f"{item.entry.written}: {note}; jobs must pass exactly {item.entry.call.data_files!r} "
-                  "(recorded in the manifest)", "WARNING")
+        if item.entry.hazards and item.entry.written not in warned:
+            warned.add(item.entry.written)
+            event("PATH_HAZARD", f"{item.entry.written}: {'; '.join(item.entry.hazards)}: jobs must pass exactly "
+                  f"{item.entry.call.data_files!r} (recorded in the manifest)", "WARNING")
         classify(item, prev_entries.get(item.entry.call.key()), cfg, paths.roots, versions, prev_ok)
 
     if action == "plan":
