@@ -126,6 +126,8 @@ class AgentConfig:
     log_file: Optional[str] = None
     # narrow plan/check to one task of the summary
     task: Optional[str] = None
+    # narrow plan/prebuild to one entry (0-based, plan order): one task of a pre-build array
+    entry: Optional[int] = None
     # after building, load every entry with the real consumer in a fresh process
     verify: bool = True
     # rebuild every entry even if the manifest says it is ready

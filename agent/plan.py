@@ -131,3 +131,12 @@ def make_plan(summary: Summary, split: str, default_field: str, only_task: Optio
         else:
             entries[call] = Entry(call, [task.name], Path(resolved), task.dataset, path_hazards(task.dataset, resolved))
     return list(entries.values())
+
+
+def select_entry(entries: List[Entry], index: int, summary_path: Path) -> List[Entry]:
+    """entry=N: only the N-th entry (0-based, plan order), as one task of a pre-build array runs."""
+    if not 0 <= index < len(entries):
+        raise SummaryError(
+            f"entry={index}: {summary_path} plans {len(entries)} entries; choose 0 to {len(entries) - 1}"
+        )
+    return [entries[index]]

@@ -26,7 +26,7 @@ from agent.errors import EXIT_PROCEED, EXIT_STOP, AgentError, ConfigError, Manif
 from agent.fingerprint import Fingerprint, fingerprint
 from agent.layers import HF, INSPECT, CacheRoots, Layer, inspect_folder, layer_problems
 from agent.logs import event
-from agent.plan import Entry, make_plan
+from agent.plan import Entry, make_plan, select_entry
 from agent.summary import read_summary
 
 
@@ -206,7 +206,9 @@ def build_all(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: D
 def verify_built(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: Dict[str, str]) -> None:
     from agent.verify import verify
 
-    targets = [i for i in items if i.status in ("built", "rebuilt")]
+    # also what another agent built (shared record): it was verified in *its* job environment
+    targets = [i for i in items if i.status in ("built", "rebuilt")
+               or (i.status == "unchanged" and "built by another agent" in i.notes)]
     if not targets:
         return
     event("CACHE_VERIFY", f"Loading {len(targets)} dataset(s) with the real {cfg.consumer.kind.name} call in a fresh process")
@@ -262,6 +264,8 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
         conditions_dir = paths.summary.parent / str(cfg.conditions.dir)
     summary = read_summary(paths.summary, conditions_dir, cfg.conditions.pattern)
     entries = make_plan(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task)
+    if cfg.entry is not None:
+        entries = select_entry(entries, cfg.entry, paths.summary)
     job_env = paths.roots.job_env(consumer, cfg.site.env)
 
     previous: Optional[Dict[str, Any]] = None
@@ -271,7 +275,9 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
         if "newer than this cluster-agent" in str(exc):
             raise ConfigError(str(exc)) from None
         event("MANIFEST_UNUSABLE", f"{exc}; it will be rewritten", "WARNING")
-    prev_ok = bool(previous) and previous.get("versions") == versions and previous.get("consumer") == consumer
+    # another job environment (cache roots, site env) means other folders the jobs read
+    prev_ok = (bool(previous) and previous.get("versions") == versions and previous.get("consumer") == consumer
+               and previous.get("env") == job_env)
     if previous and not prev_ok:
         event("VERSIONS_CHANGED", "manifest was built for other library versions or another consumer: "
               "every entry is checked again", "WARNING")
@@ -338,16 +344,18 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
         "summary": counts,
         "decision": decision,
     }
-    from agent.locks import hold
+    from agent.locks import clean_leftovers, hold
 
     with hold(paths.manifest.with_name(paths.manifest.name + ".lock"), cfg.site.lock.name,
               cfg.site.lock_timeout_s, cfg.site.lock_stale_s):
+        # temporary manifests of agents killed while writing (only when provably gone)
+        clean_leftovers(paths.manifest.parent, f".{paths.manifest.name}.tmp-", cfg.site.lock_stale_s)
         try:
             existing = manifest.read(paths.manifest)
         except ManifestError:
             existing = None
         doc = manifest.merge(existing if existing and existing.get("versions") == versions else None, doc)
-        if cfg.task is not None and existing:
+        if (cfg.task is not None or cfg.entry is not None) and existing:
             # narrowed run: keep the other tasks' entries as they were
             mine = {e["key"] for e in doc["entries"]}
             doc["entries"] += [e for e in existing.get("entries", []) if e["key"] not in mine]
