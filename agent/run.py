@@ -279,7 +279,7 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
     prev_ok = (bool(previous) and previous.get("versions") == versions and previous.get("consumer") == consumer
                and previous.get("env") == job_env)
     if previous and not prev_ok:
-        event("VERSIONS_CHANGED", "manifest was built for other library versions or another consumer: "
+        event("VERSIONS_CHANGED", "manifest was built for other library versions, another consumer or another job environment: "
               "every entry is checked again", "WARNING")
     prev_entries = manifest.entries_by_key(previous) if previous else {}
 

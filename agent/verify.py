@@ -63,22 +63,44 @@ def _consume(consumer: str, call: Dict[str, Any]) -> int:
     return datasets.load_dataset(call["builder"], split=call["split"], **kwargs).num_rows
 
 
+def _consumer_roots(consumer: str) -> List[str]:
+    """The cache roots as the consumer in this process resolves them (job env applied)."""
+    import datasets.config
+
+    out = [str(datasets.config.HF_DATASETS_CACHE)]
+    if consumer == "inspect":
+        from platformdirs import user_cache_path  # what inspect_ai._util.appdirs uses
+
+        out.append(str(user_cache_path("inspect_ai") / "hf_datasets"))
+    return out
+
+
 def probe(request: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Runs inside the fresh process. One result per call: {ok, rows, error}."""
     import contextlib
     import io
 
+    # Watch the roots the build wrote AND the roots this process's consumer really uses:
+    # if the job environment points the consumer elsewhere (a site env override, another
+    # XDG_CACHE_HOME), its miss writes there, and only watching there shows it.
+    roots = list(dict.fromkeys(request["roots"] + _consumer_roots(request["consumer"])))
     results = []
     for call in request["calls"]:
-        before = snapshot(request["roots"])
+        before = snapshot(roots)
+        printed = io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # inspect prints on a cache miss
+            with contextlib.redirect_stdout(printed):  # inspect prints on a cache miss
                 rows = _consume(request["consumer"], call)
         except Exception as exc:  # noqa: BLE001 - reported as the entry's failure
             results.append({"ok": False, "rows": None, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
             continue
-        changed = _diff(before, snapshot(request["roots"]))
-        if changed:
+        changed = _diff(before, snapshot(roots))
+        if "Loading dataset" in printed.getvalue():
+            # inspect-ai prints this only when its own cache folder was not found
+            results.append({"ok": False, "rows": rows, "error": (
+                "the consumer missed the inspect-ai cache and loaded the source again"
+                + (f" (it wrote {changed[0]})" if changed else ""))})
+        elif changed:
             results.append({"ok": False, "rows": rows, "error": (
                 f"the consumer's call was not a pure cache hit: it wrote {changed[0]}"
                 + (f" and {len(changed) - 1} more" if len(changed) > 1 else ""))})
