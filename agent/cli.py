@@ -6,6 +6,7 @@ turn expected errors into one line and an exit code (DESIGN §7).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -129,11 +130,18 @@ def _run_logged(cfg) -> int:
 
     paths = run.resolve_paths(cfg)
     log_file = None
-    if cfg.action.name == "prebuild":
+    # Only a real run on an existing summary gets a log file: a bad experiment= path must
+    # not leave logs/ folders behind (the summary error is reported by run.run).
+    if cfg.action.name == "prebuild" and paths.summary.is_file():
         try:
-            paths.log_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(paths.log_file, "a"):
-                log_file = paths.log_file
+            # loguru creates the file (and its folders) on the first line: check we could
+            folder = paths.log_file.parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK) or (
+                    paths.log_file.exists() and not os.access(paths.log_file, os.W_OK)):
+                raise PermissionError(13, "Permission denied")
+            log_file = paths.log_file
         except OSError as exc:
             sys.stderr.write(f"cluster-agent: warning: log file {paths.log_file} not writable ({exc.strerror}); "
                              "logging to stderr only\n")

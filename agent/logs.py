@@ -36,7 +36,7 @@ def setup(log_file: Optional[Path], verbose: bool, write: Optional[Callable[[str
     logger.add(sink, format=FORMAT, level=level, colorize=False, backtrace=verbose, diagnose=False)
     if log_file is not None:
         logger.add(str(log_file), format=FORMAT, level=level, colorize=False, enqueue=False,
-                   encoding="utf-8", catch=True)
+                   encoding="utf-8", catch=True, delay=True)  # created on the first line only
     logging.basicConfig(handlers=[_Intercept()], level=logging.DEBUG if verbose else logging.WARNING, force=True)
     for name in ("datasets", "filelock", "hydra", "fsspec", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)

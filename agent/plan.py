@@ -116,13 +116,16 @@ def make_plan(summary: Summary, split: str, default_field: str, only_task: Optio
     entries: Dict[LoadCall, Entry] = {}
     for task in tasks:
         resolved = resolve_path(summary, task.dataset)
-        builder, takes_field = builder_for(resolved, task.name)
+        try:
+            builder, takes_field = builder_for(resolved, task.name)
+        except SummaryError as exc:  # name the summary file, like every other summary error
+            raise SummaryError(f"{summary.path}: {exc}") from None
         fld: Optional[str] = None
         if takes_field:
             fld = task.field if task.field_set else default_field
         elif task.field_set and task.field is not None:
             raise SummaryError(
-                f"task '{task.name}': field '{task.field}' given but {task.dataset} is "
+                f"{summary.path}: task '{task.name}': field '{task.field}' given but {task.dataset} is "
                 f"{Path(resolved).suffix} (no top-level fields); remove field or use a .json file"
             )
         call = LoadCall(builder, resolved, fld, split)

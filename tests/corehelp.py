@@ -1,0 +1,76 @@
+"""Small helpers shared by the core (issue 2) test files; fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from conftest import CLI, EXAMPLES
+
+LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ([A-Z][A-Z_]*): (.*)$")
+
+
+def cache_env(root: Path) -> Dict[str, str]:
+    """Cache roots under `root`, for module-scoped fixtures (the `caches` fixture is per test)."""
+    return {"HF_DATASETS_CACHE": str(root / "hf-datasets"), "HF_HOME": str(root / "hf-home"),
+            "XDG_CACHE_HOME": str(root / "xdg"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def copy_example(dest: Path) -> Path:
+    shutil.copytree(EXAMPLES, dest, ignore=shutil.ignore_patterns(".cluster-agent", "logs"))
+    return dest / "experiment_summary.yaml"
+
+
+def events(stderr: str) -> List[tuple]:
+    """(EVENT, message) for every log line of DESIGN §6 format."""
+    return [m.groups() for m in map(LINE.match, stderr.splitlines()) if m]
+
+
+def messages(stderr: str, name: str) -> List[str]:
+    return [msg for ev, msg in events(stderr) if ev == name]
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """Exit `code`, exactly one stderr line `cluster-agent: error: ...`, no traceback."""
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cluster-agent: error: "), lines[0]
+    return lines[0]
+
+
+def snapshot_bytes(path: Path) -> Optional[bytes]:
+    return path.read_bytes() if path.exists() else None
+
+
+def run_python(code: str, env: Dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter (the project's venv) with exactly the given job env on top
+    of the current one; stdout's last line is expected to be JSON."""
+    full = dict(os.environ)
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full,
+                          timeout=timeout)
+
+
+def load_rows(call: dict, env: Dict[str, str]) -> List[dict]:
+    """The real consumer call `datasets.load_dataset(...)` in a fresh process; returns the rows."""
+    kwargs = {"data_files": call["data_files"]}
+    if call.get("field") is not None:
+        kwargs["field"] = call["field"]
+    code = ("import json, datasets\n"
+            f"ds = datasets.load_dataset({call['builder']!r}, split={call['split']!r}, **{kwargs!r})\n"
+            "print(json.dumps(ds.to_list()))\n")
+    proc = run_python(code, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+__all__ = ["CLI", "LINE", "cache_env", "copy_example", "events", "messages", "assert_one_error_line",
+           "snapshot_bytes", "run_python", "load_rows"]

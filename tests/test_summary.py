@@ -1,0 +1,184 @@
+"""Reading the experiment summary: every error of issue 2 is one line + exit 2 and leaves an
+earlier manifest and the caches alone; the accepted shapes turn into the right entries.
+
+The error cases share one real pre-build (consumer=datasets, into a module-scoped cache):
+each broken summary is written beside the good one, so the default manifest
+(<summary folder>/.cluster-agent/manifest.json) is the one the failed run must not touch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import files_under, run_agent, write_records, write_summary
+from corehelp import assert_one_error_line, cache_env
+
+from agent.plan import make_plan
+from agent.summary import read_summary
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A small experiment pre-built once: (folder, env, manifest bytes, cache files)."""
+    root = tmp_path_factory.mktemp("summary-errors")
+    env = cache_env(root / "cache")
+    folder = root / "exp"
+    write_records(folder / "data" / "a.json", 5)
+    summary = write_summary(folder, [{"name": "a", "dataset": "data/a.json"}])
+    proc = run_agent(f"experiment={summary}", "consumer=datasets", "policy=stop", env=env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = folder / ".cluster-agent" / "manifest.json"
+    return {"folder": folder, "env": env, "manifest": manifest, "bytes": manifest.read_bytes(),
+            "files": files_under(Path(env["HF_DATASETS_CACHE"])),
+            "log": (folder / "logs" / "cluster-agent.log").read_bytes()}
+
+
+BAD_SUMMARIES = {
+    "malformed-yaml": (b"evaluation:\n  tasks: [ {name: a, dataset: x.json\n", ["malformed YAML", "line"]),
+    "not-utf8": (b"evaluation:\n  tasks: \xff\xfe\n", ["not UTF-8"]),
+    "empty-file": (b"", ["empty", "mapping"]),
+    "a-list": (b"- name: a\n  dataset: x.json\n", ["is a list", "mapping"]),
+    "a-scalar": (b"just some words\n", ["is a str", "mapping"]),
+    "no-evaluation": (b"experiment: {name: x}\n", ["evaluation"]),
+    "no-tasks": (b"evaluation:\n  matrix: []\n", ["evaluation.tasks"]),
+    "tasks-null": (b"evaluation:\n  tasks:\n", ["evaluation.tasks"]),
+    "tasks-a-mapping": (b"evaluation:\n  tasks: {name: a, dataset: x.json}\n", ["evaluation.tasks", "must be a list"]),
+    "tasks-a-string": (b"evaluation:\n  tasks: a.json\n", ["evaluation.tasks", "must be a list"]),
+    "tasks-empty": (b"evaluation:\n  tasks: []\n", ["evaluation.tasks", "empty"]),
+    "task-not-mapping": (b"evaluation:\n  tasks: [data/a.json]\n", ["evaluation.tasks[0]", "mapping"]),
+    "task-without-name": (b"evaluation:\n  tasks: [{dataset: data/a.json}]\n", ["evaluation.tasks[0].name"]),
+    "no-dataset-no-training": (b"evaluation:\n  tasks: [{name: a}]\n", ["'a'", "no dataset", "data.training.path"]),
+    "training-without-path": (b"data: {training: {label: w}}\nevaluation:\n  tasks: [{name: a}]\n",
+                              ["no dataset", "data.training.path"]),
+    "duplicate-task": (b"evaluation:\n  tasks: [{name: a, dataset: data/a.json}, {name: a, dataset: data/a.json}]\n",
+                       ["'a'", "twice"]),
+    "unknown-extension": (b"evaluation:\n  tasks: [{name: a, dataset: data/a.txt}]\n", ["'.txt'", ".jsonl"]),
+    "field-on-jsonl": (b"evaluation:\n  tasks: [{name: a, dataset: data/a.jsonl, field: test}]\n", ["field", ".jsonl"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SUMMARIES))
+def test_bad_summary_one_line_exit_2_nothing_touched(built, name, tmp_path):
+    content, needles = BAD_SUMMARIES[name]
+    bad = built["folder"] / f"bad-{name}.yaml"
+    bad.write_bytes(content)
+    # run from an unrelated cwd: nothing may appear there either
+    proc = run_agent(f"experiment={bad}", "consumer=datasets", env=built["env"], cwd=tmp_path)
+    line = assert_one_error_line(proc, 2)
+    for needle in needles:
+        assert needle in line, line
+    assert str(bad) in line, "the message names the summary file"
+    assert built["manifest"].read_bytes() == built["bytes"], "earlier manifest must stay byte-identical"
+    assert files_under(Path(built["env"]["HF_DATASETS_CACHE"])) == built["files"], "caches untouched"
+    assert (built["folder"] / "logs" / "cluster-agent.log").read_bytes() == built["log"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["missing", "folder"])
+def test_unreadable_summary_path(built, how, tmp_path):
+    target = tmp_path / "nope.yaml" if how == "missing" else built["folder"]
+    proc = run_agent(f"experiment={target}", env=built["env"], cwd=tmp_path)
+    line = assert_one_error_line(proc, 2)
+    assert str(target) in line
+    assert ("no such file" if how == "missing" else "is a folder") in line
+    assert built["manifest"].read_bytes() == built["bytes"]
+    # a bad experiment= leaves no logs/ or .cluster-agent/ folder anywhere
+    assert list(tmp_path.iterdir()) == []
+    assert not (built["folder"].parent / "logs").exists()
+
+
+def test_relative_paths_resolve_against_the_summary_folder_not_the_cwd(tmp_path):
+    folder = tmp_path / "sweep"
+    write_records(folder / "data" / "a.json", 3)
+    summary = write_summary(folder, [{"name": "a", "dataset": "data/a.json"},
+                                     {"name": "b", "dataset": "./data/../data/a.json"}])
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "data").mkdir(parents=True)  # a decoy data/ folder in the cwd
+    proc = run_agent("experiment=../sweep/experiment_summary.yaml", "action=plan", "output=json",
+                     "consumer=datasets", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    want = str(folder / "data" / "a.json")
+    assert [e["source"] for e in plan["entries"]] == [want], "one normalised absolute path"
+    assert plan["entries"][0]["tasks"] == ["a", "b"]
+    assert plan["manifest"] == str(folder / ".cluster-agent" / "manifest.json")
+    assert summary.exists()
+
+
+def test_tasks_without_dataset_inherit_training_path(tmp_path):
+    folder = tmp_path / "exp"
+    summary = write_summary(folder, [{"name": "fit", "field": "validation"}, {"name": "plain"}],
+                            training="data/train.json")
+    s = read_summary(summary)
+    assert [(t.name, t.dataset, t.inherited) for t in s.tasks] == [
+        ("fit", "data/train.json", True), ("plain", "data/train.json", True)]
+    entries = make_plan(s, "train", "test")
+    assert [(e.call.data_files, e.call.field, e.tasks) for e in entries] == [
+        (str(folder / "data" / "train.json"), "validation", ["fit"]),
+        (str(folder / "data" / "train.json"), "test", ["plain"])]
+
+
+def test_per_task_field_and_split_and_default(tmp_path):
+    folder = tmp_path / "exp"
+    summary = write_summary(folder, [
+        {"name": "default", "dataset": "d.json"},
+        {"name": "by-field", "dataset": "d.json", "field": "validation"},
+        {"name": "by-split-key", "dataset": "d.json", "split": "train"},  # cruijff_kit spelling
+    ])
+    entries = make_plan(read_summary(summary), "train", "test")
+    assert [(e.call.field, e.call.split, e.tasks) for e in entries] == [
+        ("test", "train", ["default"]), ("validation", "train", ["by-field"]), ("train", "train", ["by-split-key"])]
+    # the consumer's default field is configurable
+    entries = make_plan(read_summary(summary), "train", "eval")
+    assert entries[0].call.field == "eval"
+
+
+@pytest.mark.parametrize("name,builder,field", [
+    ("d.json", "json", "test"), ("d.jsonl", "json", None), ("d.JSONL", "json", None),
+    ("d.csv", "csv", None), ("d.parquet", "parquet", None)])
+def test_builder_from_extension(tmp_path, name, builder, field):
+    summary = write_summary(tmp_path, [{"name": "t", "dataset": name}])
+    (entry,) = make_plan(read_summary(summary), "train", "test")
+    assert (entry.call.builder, entry.call.field) == (builder, field)
+    assert entry.call.kwargs() == ({"data_files": str(tmp_path / name), "field": field} if field
+                                   else {"data_files": str(tmp_path / name)})
+
+
+def test_one_entry_per_unique_consumer_call(tmp_path):
+    summary = write_summary(tmp_path, [
+        {"name": "t1", "dataset": "shared.json"},
+        {"name": "t2", "dataset": "shared.json"},
+        {"name": "t3", "dataset": str(tmp_path / "shared.json")},  # absolute spelling, same call
+        {"name": "t4", "dataset": "shared.json", "field": "validation"},
+        {"name": "t5", "dataset": "other.jsonl"},
+    ])
+    entries = make_plan(read_summary(summary), "train", "test")
+    assert [(Path(e.call.data_files).name, e.call.field, e.tasks) for e in entries] == [
+        ("shared.json", "test", ["t1", "t2", "t3"]),
+        ("shared.json", "validation", ["t4"]),
+        ("other.jsonl", None, ["t5"])]
+
+
+def test_bundled_example_has_the_issue_shape():
+    """At least three tasks, two sharing one file, one inheriting data.training.path."""
+    from agent.config import EXAMPLE_SUMMARY
+
+    doc = yaml.safe_load(EXAMPLE_SUMMARY.read_text())
+    for key in ("experiment", "data", "runs", "evaluation"):
+        assert key in doc
+    assert "matrix" in doc["evaluation"]
+    s = read_summary(EXAMPLE_SUMMARY)
+    assert len(s.tasks) >= 3 and any(t.inherited for t in s.tasks)
+    entries = make_plan(s, "train", "test")
+    assert any(len(e.tasks) >= 2 for e in entries)
+    for e in entries:
+        if e.call.builder == "json" and e.call.field:
+            data = json.loads(Path(e.call.data_files).read_text())
+            assert {"train", "validation", "test"} <= set(data)
+            assert set(data["test"][0]) == {"input", "output"}
+    assert all(os.path.isabs(e.call.data_files) for e in entries)
