@@ -25,14 +25,13 @@ import ctypes
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from agent import diagnose, locks
-from agent.errors import SourceError
+from agent.errors import LockTimeout, SourceError
 from agent.fingerprint import Fingerprint, fingerprint
 from agent.layers import HF, INSPECT, CacheRoots, Layer, inspect_folder, layer_problems, snapshot_layer
 from agent.plan import LoadCall
@@ -82,12 +81,16 @@ def _read_record(path: Path) -> Optional[dict]:
 
 
 def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{locks.owner_tag()}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def record_still_valid(record: Optional[dict], source: Fingerprint, consumer: str) -> bool:
@@ -119,7 +122,7 @@ def _set_job_env(env: Dict[str, str]) -> None:
 
 def move_aside(folder: Path) -> None:
     """Rename a stale or broken folder out of the way (atomic), then delete it."""
-    grave = folder.with_name(f".{folder.name}.stale-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
+    grave = folder.with_name(f".{folder.name}.stale-{locks.owner_tag()}")
     try:
         os.rename(folder, grave)
     except FileNotFoundError:
@@ -191,6 +194,7 @@ def _build_hf(req: BuildRequest, replace: bool, notes: List[str]):
     kwargs = req.call.kwargs()
     builder = datasets.load_dataset_builder(req.call.builder, **kwargs)
     hf_dir = Path(builder.cache_dir)
+    _clean_hf_leftovers(req, hf_dir, notes)
     if hf_dir.exists():
         if replace:
             notes.append(f"source changed under the same HF key: replaced {hf_dir}")
@@ -203,13 +207,41 @@ def _build_hf(req: BuildRequest, replace: bool, notes: List[str]):
     return ds, folder
 
 
+def _clean_hf_leftovers(req: BuildRequest, hf_dir: Path, notes: List[str]) -> None:
+    """Under the entry lock: graves of ours whose owner is gone, and the `.incomplete`
+    folder of a dead `datasets` builder. datasets' own builder lock (a flock) proves
+    nobody on this host is writing it; with site.lock=soft that lock may not hold
+    across nodes, so there the folder must also be older than lock_stale_s."""
+    for gone in locks.clean_leftovers(hf_dir.parent, f".{hf_dir.name}.stale-", req.lock_stale_s):
+        notes.append(f"removed {gone} (left by a builder that is gone)")
+    incomplete = Path(f"{hf_dir}.incomplete")
+    if not incomplete.is_dir():
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(f"{hf_dir}_builder.lock", timeout=0):
+            if req.lock_kind == "soft":
+                newest = max([incomplete.stat().st_mtime] + [p.stat().st_mtime for p in incomplete.rglob("*")])
+                if time.time() - newest <= req.lock_stale_s:
+                    return
+            shutil.rmtree(incomplete)
+            notes.append(f"removed {incomplete} (left by a datasets builder that is gone)")
+    except (Timeout, OSError):
+        return  # a live builder holds it, or it vanished: leave it alone
+
+
 def _build_inspect(req: BuildRequest, ds, notes: List[str]) -> Layer:
     target = inspect_folder(req.roots, req.call, req.versions.get("inspect_ai") or "0")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ds.save_to_disk(str(tmp))
+    for gone in locks.clean_leftovers(target.parent, f".{target.name}.", req.lock_stale_s):
+        notes.append(f"removed {gone} (left by a builder that is gone)")
+    tmp = target.with_name(f".{target.name}.tmp-{locks.owner_tag()}")
+    try:
+        ds.save_to_disk(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave half a folder behind
+        raise
     if target.exists():
         notes.append(f"replaced inspect cache {target}")
     publish_folder(tmp, target)
@@ -227,42 +259,64 @@ def build_entry(req: BuildRequest) -> BuildOutcome:
     store = state_dir(req.roots)
     key = record_key(req.call, req.consumer, req.versions)
     record_path = store / "entries" / f"{key}.json"
-    with locks.hold(store / "locks" / f"{key}.lock", req.lock_kind, req.lock_timeout_s, req.lock_stale_s):
-        record = _read_record(record_path)
-        if not req.force and record_still_valid(record, before, req.consumer):
-            assert record is not None
-            return BuildOutcome("unchanged", int(record["rows"]),
-                                {k: Layer.from_json(v) for k, v in record["layers"].items()},
-                                before, time.perf_counter() - t0, ["built by another agent"])
-        # The same HF key with other content: the HF folder must be replaced, not reused.
-        old = Fingerprint.from_json(record["source"]) if record and "source" in record else req.previous
-        content_moved = old is not None and old.sha256 != before.sha256
-        replace = req.force or (content_moved and old is not None and old.mtime_ns == before.mtime_ns)
-        if record is None and req.previous is None:
-            replace = replace or _older_than_source(req, before)
-        notes: List[str] = []
+    try:
+        lock = locks.hold(store / "locks" / f"{key}.lock", req.lock_kind, req.lock_timeout_s, req.lock_stale_s)
+        lock.__enter__()
+    except LockTimeout as exc:
+        raise LockTimeout(f"{req.call.describe()} (not built: {exc})") from None
+    try:
+        return _build_locked(req, before, record_path, t0)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _build_locked(req: BuildRequest, before: Fingerprint, record_path: Path, t0: float) -> BuildOutcome:
+    path = req.call.data_files
+    notes: List[str] = []
+    for gone in locks.clean_leftovers(record_path.parent, f".{record_path.name}.tmp-", req.lock_stale_s):
+        notes.append(f"removed {gone} (left by an agent that is gone)")
+    record = _read_record(record_path)
+    if not req.force and record_still_valid(record, before, req.consumer):
+        assert record is not None
+        return BuildOutcome("unchanged", int(record["rows"]),
+                            {k: Layer.from_json(v) for k, v in record["layers"].items()},
+                            before, time.perf_counter() - t0, ["built by another agent"])
+    # The same HF key with other content: the HF folder must be replaced, not reused.
+    old = Fingerprint.from_json(record["source"]) if record and "source" in record else req.previous
+    content_moved = old is not None and old.sha256 != before.sha256
+    replace = req.force or (content_moved and old is not None and old.mtime_ns == before.mtime_ns)
+    if record is None and req.previous is None:
+        replace = replace or _older_than_source(req, before)
+    try:
+        ds, hf_folder = _build_hf(req, replace, notes)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
+        raise SourceError(diagnose.explain(path, req.call.field, exc)) from exc
+    layers = {HF: snapshot_layer(hf_folder)}
+    problems = layer_problems(HF, layers[HF])
+    if problems:
+        raise SourceError(f"{path} ({problems[0]})")
+    if req.consumer == INSPECT:
         try:
-            ds, hf_folder = _build_hf(req, replace, notes)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
-            raise SourceError(diagnose.explain(path, req.call.field, exc)) from exc
-        layers = {HF: snapshot_layer(hf_folder)}
-        problems = layer_problems(HF, layers[HF])
-        if problems:
-            raise SourceError(f"{path} ({problems[0]})")
-        if req.consumer == INSPECT:
             layers[INSPECT] = _build_inspect(req, ds, notes)
-        rows = ds.num_rows
+        except OSError as exc:
+            raise SourceError(f"{path} (writing the inspect-ai cache failed: {exc.strerror or exc}; "
+                              "nothing was published)") from exc
+    rows = ds.num_rows
+    try:
         after = fingerprint(path, before)
-        if after.sha256 != before.sha256 or after.mtime_ns != before.mtime_ns:
-            raise SourceError(f"{path} (changed while it was being built; run cluster-agent again)")
-        status = "rebuilt" if old is not None or replace else "built"
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(record_path, {
-            "call": req.call.__dict__, "consumer": req.consumer, "versions": req.versions,
-            "source": before.to_json(), "rows": rows,
-            "layers": {k: v.to_json() for k, v in layers.items()}, "built_at": time.time(),
-        })
-        return BuildOutcome(status, rows, layers, before, time.perf_counter() - t0, notes)
+    except SourceError as exc:
+        raise SourceError(f"{path} (removed or unreadable while it was being built; restore it and run "
+                          "cluster-agent again)", missing=exc.missing) from None
+    if after.sha256 != before.sha256 or after.mtime_ns != before.mtime_ns:
+        raise SourceError(f"{path} (changed while it was being built; run cluster-agent again)")
+    status = "rebuilt" if old is not None or replace else "built"
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(record_path, {
+        "call": req.call.__dict__, "consumer": req.consumer, "versions": req.versions,
+        "source": before.to_json(), "rows": rows,
+        "layers": {k: v.to_json() for k, v in layers.items()}, "built_at": time.time(),
+    })
+    return BuildOutcome(status, rows, layers, before, time.perf_counter() - t0, notes)
 
 
 def _older_than_source(req: BuildRequest, source: Fingerprint) -> bool:

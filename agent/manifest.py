@@ -72,7 +72,9 @@ def validate(doc: Any, path: Path) -> None:
 def write_atomic(path: Path, doc: Dict[str, Any]) -> None:
     """Write to a temporary name in the same folder, fsync, rename into place."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
+    from agent.locks import owner_tag  # stdlib only, like this module
+
+    tmp = path.with_name(f".{path.name}.tmp-{owner_tag()}")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=2, sort_keys=False)
