@@ -210,9 +210,36 @@ def _check_overrides(overrides: List[str]) -> None:
                 )
 
 
+def _quote_plain_values(overrides: List[str]) -> List[str]:
+    """Hydra's override grammar rejects some characters paths often hold (`~`, parentheses):
+    `experiment=~/x.yaml` fails to parse. Such a value is quoted, so it reaches the config
+    exactly as typed; anything still unparsable is reported as one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    out = []
+    for item in overrides:
+        try:
+            parser.parse_override(item)
+        except HydraException:
+            key, _, value = item.partition("=")
+            quote = "'" if "'" not in value else '"' if '"' not in value else None
+            if not value or quote is None or value[0] in "'\"[{":
+                raise ConfigError(f"'{item}': cannot parse this override; quote the value, e.g. {key}='...'") from None
+            item = f"{key}={quote}{value}{quote}"
+            try:
+                parser.parse_override(item)
+            except HydraException:
+                raise ConfigError(f"'{key}={value}': cannot parse this override; quote the value") from None
+        out.append(item)
+    return out
+
+
 def compose_config(overrides: List[str]) -> Any:
     """Compose conf/config.yaml with the overrides; a DictConfig typed by AgentConfig."""
     _check_overrides(overrides)
+    overrides = _quote_plain_values(overrides)
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
