@@ -267,6 +267,11 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
     if cfg.entry is not None:
         entries = select_entry(entries, cfg.entry, paths.summary)
     job_env = paths.roots.job_env(consumer, cfg.site.env)
+    if action == "prebuild":  # before any log line: an unusable root is one error line (exit 2)
+        _check_writable(paths.roots.hf, "HF cache root")
+        if consumer == INSPECT:
+            _check_writable(paths.roots.inspect, "inspect cache folder")
+        _check_writable(paths.manifest.parent, "manifest folder")
 
     previous: Optional[Dict[str, Any]] = None
     try:
@@ -296,10 +301,6 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
         return report.plan(items, cfg, paths, stdout)
 
     # prebuild
-    _check_writable(paths.roots.hf, "HF cache root")
-    if consumer == INSPECT:
-        _check_writable(paths.roots.inspect, "inspect cache folder")
-    _check_writable(paths.manifest.parent, "manifest folder")
     if cfg.site.umask is not None:
         os.umask(int(str(cfg.site.umask), 8))
 
