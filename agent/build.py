@@ -319,6 +319,51 @@ def _build_locked(req: BuildRequest, before: Fingerprint, record_path: Path, t0:
     return BuildOutcome(status, rows, layers, before, time.perf_counter() - t0, notes)
 
 
+def _leftover_folders(roots: CacheRoots, call: LoadCall, consumer: str, versions: Dict[str, Optional[str]],
+                      hf_dir: Optional[Path]) -> List[tuple]:
+    """(folder, name prefix) pairs where a dead builder of this entry may have left
+    temporary or half-deleted folders."""
+    places = []
+    if hf_dir is not None:
+        places.append((hf_dir.parent, f".{hf_dir.name}.stale-"))
+    if consumer == INSPECT:
+        target = inspect_folder(roots, call, versions.get("inspect_ai") or "0")
+        places.append((target.parent, f".{target.name}."))
+    return places
+
+
+def sweep_leftovers(roots: CacheRoots, call: LoadCall, consumer: str, versions: Dict[str, Optional[str]],
+                    layers: Dict[str, Layer], lock_kind: str, lock_stale_s: float) -> List[str]:
+    """For an entry that needs no build: remove what a killed builder left beside its
+    layers (temp folders, graves, datasets' `.incomplete`), under the entry lock and only
+    when the owner is provably gone. Costs a directory listing when there is nothing."""
+    hf_dir = Path(layers[HF].dir) if HF in layers else None
+    places = _leftover_folders(roots, call, consumer, versions, hf_dir)
+    found = any(n.startswith(prefix) for folder, prefix in places for n in _listdir(folder))
+    if not found and not (hf_dir is not None and Path(f"{hf_dir}.incomplete").is_dir()):
+        return []
+    key = record_key(call, consumer, versions)
+    notes: List[str] = []
+    try:
+        with locks.hold(state_dir(roots) / "locks" / f"{key}.lock", lock_kind, 1.0, lock_stale_s):
+            for folder, prefix in places:
+                for gone in locks.clean_leftovers(folder, prefix, lock_stale_s):
+                    notes.append(f"removed {gone} (left by a builder that is gone)")
+            if hf_dir is not None:
+                req = BuildRequest(call, consumer, roots, {}, versions, None, lock_kind, 1.0, lock_stale_s)
+                _clean_hf_leftovers(req, hf_dir, notes)
+    except LockTimeout:
+        return []  # someone is building it right now; they clean up
+    return notes
+
+
+def _listdir(folder: Path) -> List[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
 def _older_than_source(req: BuildRequest, source: Fingerprint) -> bool:
     """With no record at all: an existing HF folder written before the source's last
     change (ctime) may hold old rows (e.g. the file was replaced with `cp -p`)."""

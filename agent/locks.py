@@ -119,7 +119,7 @@ def owner_gone(owner: dict, stale_s: float, now: Optional[float] = None,
 
 # --- temporary names that carry their owner ------------------------------------------
 
-_TAG_RE = re.compile(r"-(?P<host>[^/]+)-(?P<pid>\d+)-(?P<start>\d+|x)-(?P<ns>\d+)$")
+_TAG_RE = re.compile(r"\.(?:tmp|stale|new)-(?P<host>[^/]+)-(?P<pid>\d+)-(?P<start>\d+|x)-(?P<ns>\d+)$")
 
 
 def owner_tag() -> str:
@@ -169,6 +169,8 @@ class SoftLock:
         base = self.path.name[:-5] if self.path.name.endswith(".lock") else self.path.name
         self._base = base
         self._gen_re = re.compile(rf"^{re.escape(base)}\.g(\d+)\.lock$")
+        self._tmp_prefix = f".{base}.new-"
+        self._saw_tmp = False
         self._gen: Optional[int] = None
         self._stop = threading.Event()
         self._beat: Optional[threading.Thread] = None
@@ -185,6 +187,8 @@ class SoftLock:
                     m = self._gen_re.match(entry.name)
                     if m:
                         gens.append(int(m.group(1)))
+                    elif entry.name.startswith(self._tmp_prefix):
+                        self._saw_tmp = True
         except FileNotFoundError:
             pass
         return sorted(gens)
@@ -271,6 +275,10 @@ class SoftLock:
             if old < candidate:
                 with contextlib.suppress(OSError):
                     os.unlink(self.gen_path(old))  # released or dead: nobody owns it
+        if self._saw_tmp:
+            # temporary owner files of agents killed before their link (only if gone)
+            self._saw_tmp = False
+            clean_leftovers(self.path.parent, self._tmp_prefix, self.stale_s)
         self._start_heartbeat()
         return True
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from agent import __version__, layers, manifest, policy, report
-from agent.build import BuildOutcome, BuildRequest, build_entry
+from agent.build import BuildOutcome, BuildRequest, build_entry, sweep_leftovers
 from agent.config import EXAMPLE_SUMMARY, AgentConfig, expand
 from agent.errors import EXIT_PROCEED, EXIT_STOP, AgentError, ConfigError, ManifestError, SourceError
 from agent.fingerprint import Fingerprint, fingerprint
@@ -303,6 +303,10 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
     # prebuild
     if cfg.site.umask is not None:
         os.umask(int(str(cfg.site.umask), 8))
+    for item in items:
+        if item.status == "unchanged":  # what a killed builder left beside ready layers
+            item.notes += sweep_leftovers(paths.roots, item.entry.call, consumer, versions, item.layers,
+                                          cfg.site.lock.name, cfg.site.lock_stale_s)
 
     event("CACHE_PREBUILD", f"Pre-building {'HF datasets + inspect-ai' if consumer == INSPECT else 'HF datasets'} cache\n"
           f"Unique datasets: {len(items)}")

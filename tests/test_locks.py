@@ -225,20 +225,22 @@ def test_mutual_exclusion_across_processes(tmp_path, kind):
 def test_clean_leftovers_only_when_owner_gone(tmp_path):
     host = socket.gethostname()
     dead = tmp_path / f".x.tmp-{host}-{dead_pid()}-5-{time.time_ns()}"
+    dead_dashed = tmp_path / f".x.json-0e82c946.stale-{host}-{dead_pid()}-5-{time.time_ns()}"
     mine = tmp_path / f".x.tmp-{locks.owner_tag()}"
     other_new = tmp_path / f".x.tmp-othernode-12-7-{time.time_ns()}"
     other_old = tmp_path / f".x.tmp-othernode-12-7-{time.time_ns() - 10**13}"
     unrelated = tmp_path / ".x.tmp-garbage"
-    for d in (dead, mine, other_new, other_old, unrelated):
+    for d in (dead, dead_dashed, mine, other_new, other_old, unrelated):
         d.mkdir()
         (d / "data.arrow").write_text("x")
     old = time.time() - 10**4
     for p in (other_old, other_old / "data.arrow"):
         os.utime(p, (old, old))
     removed = clean_leftovers(tmp_path, ".x.", 3600)
-    assert sorted(removed) == sorted([str(dead), str(other_old)])
+    assert sorted(removed) == sorted([str(dead), str(dead_dashed), str(other_old)])
     assert mine.exists() and other_new.exists() and unrelated.exists()
     assert tag_owner(mine.name)["pid"] == os.getpid()
+    assert tag_owner(dead_dashed.name)["host"] == host
 
 
 # --- a lock timeout goes through the failure policy -------------------------------------------
