@@ -241,6 +241,12 @@ def default_command(consumer: str, model: Optional[str]) -> str:
     return "python -c {python_call}"
 
 
+def _python_call(call: Any) -> str:
+    """datasets.load_dataset(...) with double-quoted literals (it goes inside a '...' shell word)."""
+    args = [json.dumps(call.builder)] + [f"{k}={json.dumps(v)}" for k, v in call.kwargs().items()]
+    return f"datasets.load_dataset({', '.join(args + [f'split={json.dumps(call.split)}'])})"
+
+
 def eval_jobs(cfg: AgentConfig, command: Optional[str] = None, model: Optional[str] = None,
               only: Optional[Sequence[str]] = None) -> Tuple[Path, List[EvalJob]]:
     """Every eval job of the experiment (matrix rows x tasks, else one per task), in order."""
@@ -275,7 +281,7 @@ def eval_jobs(cfg: AgentConfig, command: Optional[str] = None, model: Optional[s
             "manifest": str(paths.manifest), "model": model or "",
             # as written: relative paths resolve in the job's cwd, the summary's folder (render_eval)
             "script": os.path.normpath(script) if script else "",
-            "python_call": f"import datasets; ds = {call.python('datasets')}; print('rows:', ds.num_rows)",
+            "python_call": f"import datasets; ds = {_python_call(call)}; print(\"rows:\", ds.num_rows)",
         }
         quoted = {k: shlex.quote(v) for k, v in values.items()}
         quoted["field_arg"] = f"-T field={shlex.quote(call.field)}" if call.field else ""
@@ -300,7 +306,7 @@ def render_eval(cfg: AgentConfig, manifest: Path, jobs: List[EvalJob], folder: P
     return render(
         EVAL_TEMPLATE, site=cfg.site.name, setup=setup_block(cfg.site), manifest=shlex.quote(str(manifest)),
         tasks="\n".join(f"    {shlex.quote(j.task)}  # {i}{' ' + j.run if j.run else ''}" for i, j in enumerate(jobs)),
-        commands="\n".join(f"    {shlex.quote(j.command)}" for j in jobs),
+        commands="\n".join(f"        {i}) {j.command} ;;" for i, j in enumerate(jobs)),
         directives=directives(cfg.site, job_name=name, output=str(folder / "eval-%A_%a.out"), chdir=str(cwd),
                               array=f"0-{len(jobs) - 1}", dependency=f"afterok:{after}" if after else None))
 

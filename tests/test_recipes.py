@@ -1,0 +1,191 @@
+"""The launch recipes: rendered sbatch scripts against saved references, and their behaviour.
+
+Reference files live in tests/reference/; volatile paths (the test's tmp folder) are
+replaced by <TMP>. After an intended change to a template, regenerate them with
+    UPDATE_REFERENCE=1 pytest tests/test_recipes.py
+and review the diff. Tests marked `slurm` talk to the real cluster (scripts/slurm-up.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+from conftest import REPO, run_agent, write_records, write_summary
+
+from agent import config, launcher
+
+REFERENCE = REPO / "tests" / "reference"
+SUBMIT = REPO / "recipes" / "submit.py"
+SETUP = f'site.slurm.setup=["source {Path(sys.executable).parent / "activate"}"]'
+
+
+def normalise(text: str, tmp_path: Path) -> str:
+    return text.replace(str(tmp_path), "<TMP>")
+
+
+def compare(name: str, text: str, tmp_path: Path) -> None:
+    text = normalise(text, tmp_path)
+    ref = REFERENCE / name
+    if os.environ.get("UPDATE_REFERENCE") == "1":
+        ref.write_text(text)
+    assert ref.exists(), f"no reference {ref}: run UPDATE_REFERENCE=1 pytest {__file__}"
+    assert text == ref.read_text(), f"{name} differs from {ref} (UPDATE_REFERENCE=1 to accept an intended change)"
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)  # valid bash
+
+
+def della(example: Path, *extra: str):
+    return config.load([f"experiment={example}", "site=della", "site.slurm.account=lab", "launcher=slurm", *extra])
+
+
+ARGV = ["launcher=slurm", "experiment=exp/experiment_summary.yaml", "site=della", "site.slurm.account=lab", "policy=stop"]
+
+
+def test_prebuild_script_matches_reference(example: Path, tmp_path: Path) -> None:
+    cfg = della(example)
+    (stem, text), = launcher.render_prebuild(cfg, ARGV, 4, tmp_path / "slurm", tmp_path)
+    assert stem == "prebuild"
+    compare("prebuild_job.sbatch", text, tmp_path)
+    assert "exec cluster-agent experiment=exp/experiment_summary.yaml site=della site.slurm.account=lab " \
+           "policy=stop launcher=local\n" in text  # never launcher=slurm again inside the job
+
+
+def test_prebuild_array_scripts_match_reference(example: Path, tmp_path: Path) -> None:
+    cfg = della(example)
+    scripts = launcher.render_prebuild(cfg, ARGV, 12, tmp_path / "slurm", tmp_path, array_job="4321")
+    assert [s for s, _ in scripts] == ["prebuild-array", "prebuild"]
+    compare("prebuild_array.sbatch", scripts[0][1], tmp_path)
+    compare("prebuild_after_array.sbatch", scripts[1][1], tmp_path)
+    assert "#SBATCH --array=0-11\n" in scripts[0][1] and 'entry="$SLURM_ARRAY_TASK_ID"' in scripts[0][1]
+    assert "#SBATCH --dependency=afterany:4321\n" in scripts[1][1]
+
+
+def test_eval_scripts_match_reference(example: Path, tmp_path: Path) -> None:
+    cfg = della(example)
+    manifest, jobs = launcher.eval_jobs(cfg, model="hf/meta-llama/Llama-3.2-1B-Instruct")
+    assert len(jobs) == 13  # the example's matrix: 5 + 5 + 3 (run, task) pairs
+    text = launcher.render_eval(cfg, manifest, jobs, tmp_path / "slurm", example.parent, after="4321")
+    compare("eval_job_inspect.sbatch", text, tmp_path)
+    assert "#SBATCH --array=0-12\n" in text and "%" not in text.split("--array=")[1].split("\n")[0]
+
+    cfg = della(example, "consumer=datasets")
+    manifest, jobs = launcher.eval_jobs(cfg)
+    compare("eval_job_datasets.sbatch", launcher.render_eval(cfg, manifest, jobs, tmp_path / "slurm", example.parent),
+            tmp_path)
+
+
+def _run_eval_script(text: str, index: int, tmp_path: Path) -> subprocess.CompletedProcess:
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(index), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def test_eval_script_runs_gate_then_env_then_consumer(example: Path, tmp_path: Path, caches) -> None:
+    """The rendered script's three steps, run by bash directly (the SLURM tests run it as a job)."""
+    cfg = config.load([f"experiment={example}", "consumer=datasets"])
+    marker = tmp_path / "consumer-ran"
+    manifest, jobs = launcher.eval_jobs(cfg, command=f"touch {marker}; echo HF=$HF_DATASETS_CACHE; python -c {{python_call}}")
+    text = launcher.render_eval(cfg, manifest, jobs, tmp_path / "slurm", example.parent)
+
+    refused = _run_eval_script(text, 2, tmp_path)  # no pre-build yet
+    assert refused.returncode == 3
+    assert "GATE_REFUSED: no manifest at" in refused.stderr and "not run: the launch gate refused it (exit 3)" in refused.stderr
+    assert not marker.exists()
+
+    assert run_agent(f"experiment={example}", "consumer=datasets", "policy=stop").returncode == 0
+    ok = _run_eval_script(text, 2, tmp_path)  # index 2: acs_income
+    assert ok.returncode == 0, ok.stderr
+    assert "GATE_OK: 1 dataset(s) ready for task acs_income" in ok.stderr
+    assert f"HF={caches['hf']}" in ok.stdout and "rows: 120" in ok.stdout and marker.exists()
+
+
+def test_submit_refuses_without_manifest_and_submits_nothing(example: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(SUBMIT), f"experiment={example}", "consumer=datasets"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert "GATE_REFUSED: no manifest at" in proc.stderr and "nothing submitted" in proc.stderr
+    assert not (example.parent / "logs" / "slurm").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--command", "run {nope}"], "unknown placeholder 'nope'"),
+    ([], "consumer=inspect: pass --model NAME"),
+    (["--only", "nosuch", "--command", "true"], "--only nosuch: not a task of"),
+    (["site=nosuch", "--command", "true"], "site=nosuch: no such site profile"),
+])
+def test_submit_usage_errors_are_one_line(example: Path, tmp_path: Path, args: List[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, str(SUBMIT), f"experiment={example}", *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("submit: error: ") and message in lines[0], proc.stderr
+
+
+def test_prebuild_job_with_bad_summary_submits_nothing(tmp_path: Path) -> None:
+    summary = write_summary(tmp_path / "exp", [{"name": "t", "dataset": "data/x.txt"}])
+    proc = run_agent("launcher=slurm", f"experiment={summary}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown extension '.txt'" in proc.stderr
+    assert not (tmp_path / "exp" / "logs" / "slurm").exists()
+
+
+# --- against the real cluster -------------------------------------------------------------
+
+
+def _cluster_up() -> None:
+    if shutil.which("sbatch") is None or subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
+        pytest.fail("the SLURM cluster is not up: run scripts/slurm-up.sh (scripts/test.sh does)")
+
+
+@pytest.mark.slurm
+def test_rendered_scripts_pass_sbatch_test_only(example: Path, tmp_path: Path) -> None:
+    """sbatch itself accepts every directive the templates render (nothing is queued)."""
+    _cluster_up()
+    cfg = config.load([f"experiment={example}", "site=della", "site.slurm.partition=debug", "site.slurm.mem=1G"])
+    texts = [t for _, t in launcher.render_prebuild(cfg, ARGV, 12, tmp_path / "slurm", tmp_path, array_job="1")]
+    manifest, jobs = launcher.eval_jobs(cfg, model="mockllm/model")
+    texts.append(launcher.render_eval(cfg, manifest, jobs, tmp_path / "slurm", example.parent))
+    for i, text in enumerate(texts):
+        script = tmp_path / f"s{i}.sbatch"
+        script.write_text(text)
+        proc = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slurm
+def test_after_an_unknown_job_is_refused(example: Path, tmp_path: Path) -> None:
+    """SLURM runs jobs whose afterok names an unknown id: submit.py must not let that happen."""
+    _cluster_up()
+    proc = subprocess.run([sys.executable, str(SUBMIT), f"experiment={example}", "--command", "true",
+                           "--after", "987654321"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "SLURM does not know this job" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slurm
+def test_sbatch_refusal_is_one_line(example: Path, tmp_path: Path) -> None:
+    _cluster_up()
+    proc = run_agent("launcher=slurm", f"experiment={example}", "site.slurm.partition=nosuch-partition", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cluster-agent: error: sbatch refused") and "partition" in lines[0]
+
+
+@pytest.mark.slurm
+def test_prebuild_job_id_chains(example: Path, tmp_path: Path, caches) -> None:
+    """launcher=slurm prints only the job id on stdout, so `JOB=$(cluster-agent launcher=slurm ...)` works."""
+    _cluster_up()
+    proc = run_agent("launcher=slurm", f"experiment={example}", SETUP, "policy=stop", "consumer=datasets", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    assert job_id.isdigit() and proc.stdout == f"{job_id}\n"
+    states = launcher.job_states(job_id)
+    assert states and set(states) <= {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
+    subprocess.run(["scancel", job_id], check=True)  # the build itself is covered by test_slurm_e2e.py
