@@ -144,3 +144,31 @@ def test_tilde_and_parentheses_in_a_path_override(tmp_path):
     import json
 
     assert json.loads(proc.stdout)["entries"][0]["source"] == str(folder / "d.json")
+
+
+def test_third_party_logging_goes_to_both_sinks_in_the_design_format(tmp_path):
+    """std `logging` records (datasets, filelock, hydra) are routed into loguru: same format,
+    on stderr and in the log file; below WARNING they stay quiet unless verbose=true."""
+    log = tmp_path / "logs" / "cluster-agent.log"
+    code = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from agent import logs\n"
+        f"logs.setup(Path({str(log)!r}), verbose=sys.argv[1] == 'true')\n"
+        "logging.getLogger('datasets.builder').warning('from datasets %s', 1)\n"
+        "logging.getLogger('filelock').warning('from filelock')\n"
+        "logging.getLogger('hydra.core').info('hydra info')\n"
+        "logs.event('CACHE_BUILT', 'mine')\n")
+    from corehelp import LINE
+
+    for verbose in ("false", "true"):
+        log.unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, "-c", code, verbose], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert all(LINE.match(ln) for ln in lines), lines
+        got = [LINE.match(ln).groups() for ln in lines]
+        want = [("DATASETS", "from datasets 1"), ("FILELOCK", "from filelock")]
+        want += [("HYDRA", "hydra info")] if verbose == "true" else []
+        assert got == want + [("CACHE_BUILT", "mine")]
+        assert log.read_text().splitlines() == lines

@@ -79,6 +79,15 @@ def test_bad_summary_one_line_exit_2_nothing_touched(built, name, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("override", ["polcy=stop", "policy=maybe", "consumer.kind=torch", "jobs=0"])
+def test_bad_override_leaves_an_earlier_manifest_alone(built, override, tmp_path):
+    summary = built["folder"] / "experiment_summary.yaml"
+    proc = run_agent(f"experiment={summary}", override, env=built["env"], cwd=tmp_path)
+    assert_one_error_line(proc, 2)
+    assert built["manifest"].read_bytes() == built["bytes"]
+    assert files_under(Path(built["env"]["HF_DATASETS_CACHE"])) == built["files"]
+
+
 @pytest.mark.parametrize("how", ["missing", "folder"])
 def test_unreadable_summary_path(built, how, tmp_path):
     target = tmp_path / "nope.yaml" if how == "missing" else built["folder"]
