@@ -97,13 +97,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides, show_cfg = _split_flags(argv)
         from agent import config
 
-        composed = config.compose_config(overrides)
-        cfg = config.to_typed(composed)
         if show_cfg:
             from omegaconf import OmegaConf
 
+            composed = config.compose_config(overrides)
+            config.to_typed(composed)  # validate, as a run would
             sys.stdout.write(OmegaConf.to_yaml(composed, resolve=True))
             return 0
+        cfg = config.load(overrides)  # Hydra compose, or its memo when nothing changed
         if cfg.action.name == "check":
             from agent.run import resolve_paths
 

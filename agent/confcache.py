@@ -1,0 +1,191 @@
+"""A memo of composed configs, so that a run whose config did not change skips Hydra.
+
+Importing Hydra and composing ``conf/`` costs about 0.5 s -- more than everything else
+an unchanged re-run does (benchmarks in docs/benchmarks.md). Hydra stays the config
+system: the first run with a given command line composes and validates with Hydra as
+usual, and the typed result is stored as JSON. A later run with the same command line
+reuses it while everything the result depended on is the same:
+
+- the override list, this package's version and the schema module (agent/config.py),
+- every file under the conf/ folder (names and contents -- so a new
+  ``conf/user/default.yaml`` or an edited profile misses; they are a few small files),
+- the installed Hydra and OmegaConf (their package files' stat),
+- the values of the environment variables the config reads with ``${oc.env:...}``.
+
+A config with any other resolver (``${now:...}`` and the like) is never stored. Set
+``CLUSTER_AGENT_CONFIG_CACHE=0`` to always compose. The memo lives in
+``$XDG_CACHE_HOME/cluster-agent/config`` (else ``~/.cache/...``); it is a pure speed-up:
+an unreadable, corrupt or unwritable memo means composing again, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import typing
+from dataclasses import fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+_ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
+_RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*:")
+_KEEP = 200  # memo files kept; the oldest half goes when there are more
+
+
+def enabled() -> bool:
+    return os.environ.get("CLUSTER_AGENT_CONFIG_CACHE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cluster-agent" / "config"
+
+
+def _stat(path: str) -> List[int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [0, 0, 0, 0]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _package_file(name: str) -> str:
+    """The package's __init__.py without importing it (find_spec of a top-level name)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return ""
+    return (spec.origin or "") if spec else ""
+
+
+def _content(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+def key(overrides: List[str], conf_dir: Path, schema_file: str, version: str) -> str:
+    conf = []
+    for root, dirs, files in os.walk(conf_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            conf.append([os.path.relpath(path, conf_dir), _content(path)])
+    raw = json.dumps([version, sys.version, list(overrides), str(conf_dir), conf, _content(schema_file),
+                      [_stat(_package_file(p)) for p in ("hydra", "omegaconf")]])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+# --- the typed config <-> JSON ----------------------------------------------------------
+
+
+def to_plain(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.name
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def from_plain(cls: Any, data: Any) -> Any:
+    """Rebuild a dataclass tree from `to_plain` output, following the type hints."""
+    origin = typing.get_origin(cls)
+    if data is None:
+        return None
+    if origin is typing.Union:
+        (inner,) = [a for a in typing.get_args(cls) if a is not type(None)]
+        return from_plain(inner, data)
+    if is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: from_plain(hints[f.name], data[f.name]) for f in fields(cls)})
+    if isinstance(cls, type) and issubclass(cls, Enum):
+        return cls[data]
+    if origin is list:
+        (inner,) = typing.get_args(cls) or (Any,)
+        return [from_plain(inner, v) for v in data]
+    if origin is dict:
+        _, inner = typing.get_args(cls) or (Any, Any)
+        return {k: from_plain(inner, v) for k, v in data.items()}
+    if cls is float and isinstance(data, int):
+        return float(data)
+    return data
+
+
+def _strings(node: Any):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def env_dependencies(raw: Any) -> Optional[List[str]]:
+    """Names of the env vars the unresolved config reads; None if it uses another resolver
+    (whose value the memo could not check)."""
+    names = set()
+    for text in _strings(raw):
+        if "${" not in text:
+            continue
+        if any(r != "oc.env" for r in _RESOLVER.findall(text)):
+            return None
+        names.update(_ENV_REF.findall(text))
+    return sorted(names)
+
+
+# --- get / put --------------------------------------------------------------------------
+
+
+def get(cache_key: str, cls: Any) -> Optional[Any]:
+    path = folder() / f"{cache_key}.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if any(os.environ.get(k) != v for k, v in doc["env"].items()):
+            return None
+        return from_plain(cls, doc["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def put(cache_key: str, typed: Any, raw_unresolved: Any) -> None:
+    deps = env_dependencies(raw_unresolved)
+    if deps is None:
+        return
+    plain = to_plain(typed)
+    try:
+        if from_plain(type(typed), json.loads(json.dumps(plain))) != typed:
+            return  # something the JSON form cannot carry: never serve a different config
+        target = folder()
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = target / f".{cache_key}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({"env": {k: os.environ.get(k) for k in deps}, "config": plain}), encoding="utf-8")
+        os.replace(tmp, target / f"{cache_key}.json")
+        _prune(target)
+    except (OSError, TypeError, ValueError, KeyError):
+        return
+
+
+def _prune(target: Path) -> None:
+    entries = list(os.scandir(target))
+    if len(entries) <= _KEEP:
+        return
+    entries.sort(key=lambda e: e.stat().st_mtime_ns)
+    for entry in entries[: len(entries) // 2]:
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
