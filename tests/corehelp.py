@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import select
 import shutil
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -72,5 +77,42 @@ def load_rows(call: dict, env: Dict[str, str]) -> List[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_on_pty(args, env, answer=None, timeout=300, prompt="[y/N]"):
+    """Run the CLI with a real pseudo-terminal as stdin/stdout/stderr; type `answer` at the prompt."""
+    master, slave = os.openpty()
+    # a fresh pty is 0x0 characters; a real terminal window has a size (tqdm draws nothing at 0 columns)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    full = dict(os.environ)
+    full.update(env)
+    proc = subprocess.Popen([CLI, *args], stdin=slave, stdout=slave, stderr=slave, env=full,
+                            start_new_session=True, close_fds=True)
+    os.close(slave)
+    out, answered, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the agent exited and closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if answer is not None and not answered and prompt.encode() in out:
+                    os.write(master, answer.encode() + b"\n")
+                    answered = True
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            raise AssertionError(f"agent still running after {timeout} s on a terminal; output: {out[-2000:]!r}")
+        return proc.wait(timeout=60), out.decode("utf-8", "replace"), answered
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
 __all__ = ["CLI", "LINE", "cache_env", "copy_example", "events", "messages", "assert_one_error_line",
-           "snapshot_bytes", "run_python", "load_rows"]
+           "snapshot_bytes", "run_python", "load_rows", "run_on_pty"]

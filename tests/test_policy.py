@@ -9,16 +9,12 @@ an interactive shell gives it, and the test types the answer on the master side.
 from __future__ import annotations
 
 import json
-import os
-import select
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import CLI, run_agent, write_records, write_summary
-from corehelp import cache_env, events, messages
+from conftest import run_agent, write_records, write_summary
+from corehelp import cache_env, events, messages, run_on_pty as _run_on_pty
 
 from agent import policy
 
@@ -98,41 +94,6 @@ def test_ask_without_a_terminal_can_be_told_to_continue(exp):
     assert proc.returncode == 0, proc.stderr
     assert "policy.non_interactive=continue" in messages(proc.stderr, "DECISION")[0]
     assert _decision(exp) == "proceed"
-
-
-def _run_on_pty(args, env, answer, timeout=300):
-    """Run the CLI with a real pseudo-terminal as stdin/stdout/stderr; type `answer` at the prompt."""
-    master, slave = os.openpty()
-    full = dict(os.environ)
-    full.update(env)
-    proc = subprocess.Popen([CLI, *args], stdin=slave, stdout=slave, stderr=slave, env=full,
-                            start_new_session=True, close_fds=True)
-    os.close(slave)
-    out, answered, deadline = b"", False, time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: the agent exited and closed the terminal
-                    break
-                if not chunk:
-                    break
-                out += chunk
-                if not answered and PROMPT.encode() in out:
-                    os.write(master, answer.encode() + b"\n")
-                    answered = True
-            elif proc.poll() is not None:
-                break
-        else:
-            proc.kill()
-            pytest.fail(f"agent still running after {timeout} s on a terminal; output: {out[-2000:]!r}")
-        return proc.wait(timeout=60), out.decode("utf-8", "replace"), answered
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
 
 
 @pytest.mark.parametrize("answer,code,decision", [("y", 0, "proceed"), ("n", 1, "stop")])

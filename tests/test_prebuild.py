@@ -333,3 +333,22 @@ def test_bad_data_files_fail_per_entry_with_a_reason(tmp_path, caches):
     stray = [p for p in files_under(caches["hf"]) if not p.startswith(good_dir) and "/.cluster-agent/" not in p]
     assert stray == []
     assert good.exists()
+
+
+def test_progress_on_a_terminal_plain_lines_otherwise(tmp_path, caches):
+    """stderr a terminal: a tqdm display 'N/M datasets <current file>' besides the log lines;
+    stderr a pipe: plain log lines only (checked on every run above: no carriage returns)."""
+    from corehelp import run_on_pty
+
+    d = tmp_path / "exp"
+    for name in ("a", "b", "c"):
+        write_records(d / f"{name}.json", 2)
+    summary = write_summary(d, [{"name": n, "dataset": str(d / f"{n}.json")} for n in ("a", "b", "c")])
+    rc, out, _ = run_on_pty([f"experiment={summary}", "consumer=datasets", "verify=false"], {})
+    assert rc == 0, out
+    assert re.search(r"[0-3]/3 datasets", out), out  # tqdm redraws at most every 0.1 s: any count
+    assert "\r" in out
+    assert len(re.findall(r"CACHE_BUILT: ", out)) == 3
+    piped = run_agent(f"experiment={summary}", "consumer=datasets", "verify=false")
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "datasets |" not in piped.stderr
+    assert all(LINE.match(ln) or ln.startswith("Unique datasets") for ln in piped.stderr.splitlines())
