@@ -120,8 +120,10 @@ def _line(event: str, message: str) -> str:
 
 
 def job_args(argv: Sequence[str], entry: bool = False) -> str:
-    """The user's overrides for the job: launcher=local (the job must not submit again)."""
-    keep = [a for a in argv if not a.split("=", 1)[0].lstrip("+").startswith(("launcher", "entry"))]
+    """The user's overrides for the job: launcher=local (the job must not submit again);
+    an array task gets entry=$SLURM_ARRAY_TASK_ID instead of any entry= of the user's."""
+    dropped = ("launcher", "entry") if entry else ("launcher",)
+    keep = [a for a in argv if not a.split("=", 1)[0].lstrip("+").split(".")[0] in dropped]
     keep.append("launcher=local")
     words = [shlex.quote(a) for a in keep]
     if entry:

@@ -189,3 +189,10 @@ def test_prebuild_job_id_chains(example: Path, tmp_path: Path, caches) -> None:
     states = launcher.job_states(job_id)
     assert states and set(states) <= {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
     subprocess.run(["scancel", job_id], check=True)  # the build itself is covered by test_slurm_e2e.py
+
+
+def test_job_args_never_resubmit_and_keep_the_users_overrides() -> None:
+    argv = ["launcher=slurm", "launcher.array_threshold=2", "entry=1", "experiment=a b/s.yaml", "site.env={X: 1}"]
+    assert launcher.job_args(argv) == "entry=1 'experiment=a b/s.yaml' 'site.env={X: 1}' launcher=local"
+    assert launcher.job_args(argv, entry=True) == \
+        "'experiment=a b/s.yaml' 'site.env={X: 1}' launcher=local entry=\"$SLURM_ARRAY_TASK_ID\""
