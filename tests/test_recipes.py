@@ -196,3 +196,22 @@ def test_job_args_never_resubmit_and_keep_the_users_overrides() -> None:
     assert launcher.job_args(argv) == "entry=1 'experiment=a b/s.yaml' 'site.env={X: 1}' launcher=local"
     assert launcher.job_args(argv, entry=True) == \
         "'experiment=a b/s.yaml' 'site.env={X: 1}' launcher=local entry=\"$SLURM_ARRAY_TASK_ID\""
+
+
+def test_entry_narrowing_builds_one_dataset_and_keeps_the_others(example: Path, caches) -> None:
+    """What each task of a pre-build array runs: entry=N builds the N-th dataset only, and
+    the job after the array finds them all unchanged and writes one decision."""
+    base = [f"experiment={example}", "consumer=datasets", "policy=stop", "verify=false"]
+    plan = json.loads(run_agent(*base, "action=plan", "output=json", "entry=1").stdout)
+    assert [e["source"] for e in plan["entries"]] == [str(example.parent / "data" / "acs.json")]
+    assert run_agent(*base, "entry=0").returncode == 0
+    assert run_agent(*base, "entry=1").returncode == 0
+    doc = json.loads((example.parent / ".cluster-agent" / "manifest.json").read_text())
+    assert sorted((Path(e["call"]["data_files"]).name, e["status"]) for e in doc["entries"]) == \
+        [("acs.json", "built"), ("words.json", "built")]
+    full = run_agent(*base, "output=json")
+    assert full.returncode == 0
+    statuses = sorted(e["status"] for e in json.loads(full.stdout)["entries"])
+    assert statuses == ["built", "built", "unchanged", "unchanged"]
+    bad = run_agent(*base, "entry=9")
+    assert bad.returncode == 2 and "entry=9:" in bad.stderr and "plans 4 entries; choose 0 to 3" in bad.stderr
