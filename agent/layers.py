@@ -3,7 +3,8 @@
 Nothing here imports `datasets` or `inspect_ai`: the launch gate and the unchanged
 re-run use it. inspect-ai's folder name is recomputed with `mmh3` + `platformdirs`, the
 two libraries inspect-ai itself uses for it (cross-checked against inspect's own helpers
-in tests/test_layers.py).
+in tests/test_inspect_layer.py, which also runs the real hf_dataset of
+inspect-ai 0.3.220 and 0.3.221 to check both key forms).
 """
 
 from __future__ import annotations
