@@ -136,8 +136,11 @@ def test_prebuild_job_then_32_gated_lockless_jobs_at_once(tmp_path: Path, caches
     failed = {k: (s["JobState"], s["ExitCode"]) for k, s in done.items() if s["ExitCode"] != "0:0"}
     assert not failed, (failed, [(slurm_dir / f"eval-{k}.out").read_text()[-800:] for k in list(failed)[:2]])
 
-    manifest = json.loads((summary.parent / ".cluster-agent" / "manifest.json").read_text())
+    manifest_path = summary.parent / ".cluster-agent" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
     assert manifest["decision"] == "proceed" and manifest["slurm_job_id"] == sub["job_id"]
+    # the evals start after the manifest is written (afterok) and were pure cache hits, locks or not
+    assert max(cache_files(caches).values()) <= manifest_path.stat().st_mtime_ns
     assert sorted(e["rows"] for e in manifest["entries"]) == [150, 200, 300]
 
     got = results(out1)
