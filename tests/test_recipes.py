@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List
 
@@ -215,3 +216,31 @@ def test_entry_narrowing_builds_one_dataset_and_keeps_the_others(example: Path, 
     assert statuses == ["built", "built", "unchanged", "unchanged"]
     bad = run_agent(*base, "entry=9")
     assert bad.returncode == 2 and "entry=9:" in bad.stderr and "plans 4 entries; choose 0 to 3" in bad.stderr
+
+
+@pytest.mark.slurm
+def test_failed_prebuild_job_cancels_the_chained_evals(tmp_path: Path, caches) -> None:
+    """policy=stop + a missing dataset: the pre-build job exits 1 and SLURM cancels the eval
+    array chained on it with afterok; submit.py refuses to chain on a job that already failed."""
+    _cluster_up()
+    summary = write_summary(tmp_path / "exp", [{"name": "gone", "dataset": "data/gone.json"}])
+    overrides = [f"experiment={summary}", SETUP, "policy=stop", "consumer=datasets"]
+    pre = run_agent("launcher=slurm", *overrides, cwd=tmp_path)
+    assert pre.returncode == 0, pre.stderr
+    job = pre.stdout.strip()
+    subprocess.run(["scontrol", "hold", job], check=True)  # so the evals are chained before it ends
+    ev = subprocess.run([sys.executable, str(SUBMIT), *overrides, "--after", job, "--command", "true", "--json"],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    evals = json.loads(ev.stdout)["job_id"]
+    subprocess.run(["scontrol", "release", job], check=True)
+    deadline = time.time() + 120
+    while launcher.job_states(evals) != ["CANCELLED"] and time.time() < deadline:
+        time.sleep(0.5)
+    assert launcher.job_states(job) == ["FAILED"] and launcher.job_states(evals) == ["CANCELLED"]
+    out = (tmp_path / "exp" / "logs" / "slurm" / f"prebuild-{job}.out").read_text()
+    assert "CACHE_MISSING" in out and "DECISION: stop" in out
+    assert not list((tmp_path / "exp" / "logs" / "slurm").glob(f"eval-{evals}_*.out"))  # never started
+    late = subprocess.run([sys.executable, str(SUBMIT), *overrides, "--after", job, "--command", "true"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert late.returncode == 2 and f"--after {job}: that job ended FAILED" in late.stderr
