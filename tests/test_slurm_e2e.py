@@ -15,7 +15,6 @@ job names and folders are unique to this test, job ids are never assumed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
