@@ -64,17 +64,27 @@ def run_python(code: str, env: Dict[str, str], timeout: float = 600) -> subproce
                           timeout=timeout)
 
 
-def load_rows(call: dict, env: Dict[str, str]) -> List[dict]:
-    """The real consumer call `datasets.load_dataset(...)` in a fresh process; returns the rows."""
-    kwargs = {"data_files": call["data_files"]}
-    if call.get("field") is not None:
-        kwargs["field"] = call["field"]
-    code = ("import json, datasets\n"
-            f"ds = datasets.load_dataset({call['builder']!r}, split={call['split']!r}, **{kwargs!r})\n"
-            "print(json.dumps(ds.to_list()))\n")
-    proc = run_python(code, env)
+def load_rows_many(calls: List[dict], env: Dict[str, str]) -> List[List[dict]]:
+    """The real consumer calls `datasets.load_dataset(...)` in one fresh process (what a job
+    does after exporting `env`); returns each call's rows."""
+    code = ("import json, sys, datasets\n"
+            "out = []\n"
+            "for c in json.loads(sys.argv[1]):\n"
+            "    kw = {'data_files': c['data_files']}\n"
+            "    if c.get('field') is not None:\n"
+            "        kw['field'] = c['field']\n"
+            "    out.append(datasets.load_dataset(c['builder'], split=c['split'], **kw).to_list())\n"
+            "print(json.dumps(out))\n")
+    full = dict(os.environ)
+    full.update(env)
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(calls)], capture_output=True, text=True,
+                          env=full, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_rows(call: dict, env: Dict[str, str]) -> List[dict]:
+    return load_rows_many([call], env)[0]
 
 
 def run_on_pty(args, env, answer=None, timeout=300, prompt="[y/N]"):
@@ -115,4 +125,25 @@ def run_on_pty(args, env, answer=None, timeout=300, prompt="[y/N]"):
 
 
 __all__ = ["CLI", "LINE", "cache_env", "copy_example", "events", "messages", "assert_one_error_line",
-           "snapshot_bytes", "run_python", "load_rows", "run_on_pty"]
+           "snapshot_bytes", "run_python", "load_rows", "load_rows_many", "run_on_pty"]
+
+
+def as_unprivileged() -> List[str]:
+    """Command prefix that runs a program as an ordinary user, so permission bits bite
+    (root bypasses them). As root: setpriv to nobody; otherwise nothing is needed."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        import pytest
+
+        pytest.skip("running as root without setpriv: permission bits cannot be tested")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def shared_tmp(prefix: str) -> Path:
+    """A world-accessible scratch folder (pytest's tmp_path is 0700, closed to other users)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    folder.chmod(0o777)
+    return folder

@@ -15,6 +15,13 @@ from corehelp import assert_one_error_line
 from agent.config import GROUPS, group_options
 
 
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path_factory, monkeypatch):
+    """Whatever the agent keeps under XDG_CACHE_HOME (e.g. a config memo) goes to a temporary
+    folder, never the developer's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
 def _no_hydra_litter(folder):
     assert not (folder / "outputs").exists(), "Hydra's outputs/ folder was created in the cwd"
     assert not (folder / ".hydra").exists()

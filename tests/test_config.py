@@ -19,6 +19,13 @@ from agent.errors import ConfigError
 ALL_OPTIONS = [(g, o) for g in GROUPS for o in group_options(g)]
 
 
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path_factory, monkeypatch):
+    """Whatever the agent keeps under XDG_CACHE_HOME (e.g. a config memo) goes to a temporary
+    folder, never the developer's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
 def test_every_group_ships_the_documented_options():
     assert set(GROUPS) == {"site", "policy", "consumer", "launcher"}
     assert set(group_options("policy")) == {"ask", "continue", "stop"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import files_under, run_agent, write_records, write_summary
-from corehelp import assert_one_error_line, load_rows, messages
+from corehelp import assert_one_error_line, load_rows_many, messages
 
 
 def _everything_under(folder: Path):
@@ -114,9 +114,10 @@ def test_every_builder_builds_for_real(tmp_path, caches):
     assert builders == {"json": ("json", "test"), "jsonl": ("json", None), "csv": ("csv", None),
                         "parquet": ("parquet", None)}
     before = files_under(caches["hf"])
-    for task, (path, rows) in files.items():
+    got = load_rows_many([by_task[task]["call"] for task in files], doc["env"])
+    for (task, (path, rows)), loaded in zip(files.items(), got):
         entry = by_task[task]
         assert entry["status"] == "built" and entry["rows"] == len(rows)
         assert set(entry["layers"]) == {"hf", "inspect"}
-        assert load_rows(entry["call"], doc["env"]) == rows
+        assert loaded == rows
     assert files_under(caches["hf"]) == before, "every consumer call was a cache hit"

@@ -155,8 +155,10 @@ def test_manifest_fields(ex):
 def test_consumer_calls_with_the_manifest_env_are_pure_cache_hits(ex):
     """What a job does: export the manifest's env, make the call; same rows, nothing written."""
     before = _cache_files(ex.env)
-    for e in ex.doc["entries"]:
-        rows = load_rows(e["call"], ex.doc["env"])
+    from corehelp import load_rows_many
+
+    got = load_rows_many([e["call"] for e in ex.doc["entries"]], ex.doc["env"])
+    for e, rows in zip(ex.doc["entries"], got):
         assert len(rows) == e["rows"]
         field = e["call"]["field"]
         if field:
@@ -177,6 +179,9 @@ def test_rerun_is_unchanged_writes_nothing_and_never_imports_datasets(ex):
     assert _imported(proc.stderr, "loguru"), "the import-time probe works (loguru is imported)"
     doc = json.loads(ex.manifest.read_text())
     assert doc["summary"]["unchanged"] == 4 and doc["decision"] == "proceed"
+    logged = ex.log.read_text()
+    assert logged.count("CACHE_BUILT: ") >= 4 and all(f"CACHE_UNCHANGED: {m}" in logged for m in unchanged), \
+        "the log file is appended to, not rewritten"
     assert all(e["status"] == "unchanged" for e in doc["entries"])
     # the same probe does see a datasets import (so the assertion above can fail)
     probe = run_python("import datasets", {"PYTHONPROFILEIMPORTTIME": "1"})
@@ -352,3 +357,40 @@ def test_progress_on_a_terminal_plain_lines_otherwise(tmp_path, caches):
     piped = run_agent(f"experiment={summary}", "consumer=datasets", "verify=false")
     assert piped.returncode == 0 and "\r" not in piped.stderr and "datasets |" not in piped.stderr
     assert all(LINE.match(ln) or ln.startswith("Unique datasets") for ln in piped.stderr.splitlines())
+
+
+def test_unwritable_cache_root_for_an_ordinary_user():
+    """chmod 0500 on the HF cache root, with the agent run as an ordinary user (setpriv to
+    nobody when the tests run as root, since root ignores permission bits)."""
+    import shutil as _shutil
+
+    from conftest import CLI
+    from corehelp import as_unprivileged, shared_tmp
+
+    prefix = as_unprivileged()
+    base = shared_tmp("ca-perm-")
+    try:
+        env = dict(os.environ, **cache_env(base / "cache"), HOME=str(base))
+        data = write_records(base / "exp" / "d.json", 3)
+        summary = write_summary(base / "exp", [{"name": "t", "dataset": str(data)}])
+        for p in [base / "exp", *base.joinpath("exp").rglob("*")]:
+            p.chmod(0o777 if p.is_dir() else 0o666)
+
+        def run(*args):
+            return subprocess.run([*prefix, CLI, f"experiment={summary}", "consumer=datasets", "verify=false", *args],
+                                  capture_output=True, text=True, env=env, cwd=base, timeout=600)
+
+        first = run()
+        assert first.returncode == 0, first.stderr
+        manifest = summary.parent / ".cluster-agent" / "manifest.json"
+        before, caches = manifest.read_bytes(), files_under(base / "cache")
+        hf_root = Path(env["HF_DATASETS_CACHE"])
+        hf_root.chmod(0o500)
+        proc = run()
+        line = assert_one_error_line(proc, 2)
+        assert str(hf_root) in line and "not writable" in line and "Permission denied" in line
+        assert manifest.read_bytes() == before
+        assert files_under(base / "cache") == caches
+        hf_root.chmod(0o755)
+    finally:
+        _shutil.rmtree(base, ignore_errors=True)

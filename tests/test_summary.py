@@ -191,3 +191,25 @@ def test_bundled_example_has_the_issue_shape():
             assert {"train", "validation", "test"} <= set(data)
             assert set(data["test"][0]) == {"input", "output"}
     assert all(os.path.isabs(e.call.data_files) for e in entries)
+
+
+def test_summary_without_read_permission():
+    """Run as an ordinary user (root reads anything): a mode-000 summary is one line, exit 2."""
+    import shutil
+    import subprocess
+
+    from conftest import CLI
+    from corehelp import as_unprivileged, shared_tmp
+
+    prefix = as_unprivileged()
+    base = shared_tmp("ca-perm-")
+    try:
+        summary = write_summary(base, [{"name": "a", "dataset": "a.json"}])
+        summary.chmod(0o000)
+        proc = subprocess.run([*prefix, CLI, f"experiment={summary}"], capture_output=True, text=True,
+                              cwd=base, env=dict(os.environ, HOME=str(base), XDG_CACHE_HOME=str(base / "xdg")),
+                              timeout=300)
+        line = assert_one_error_line(proc, 2)
+        assert str(summary) in line and "permission denied" in line
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
