@@ -21,7 +21,6 @@ another experiment sharing the dataset, sees the record and does not build again
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -50,6 +49,9 @@ class BuildRequest:
     lock_stale_s: float = 3600.0
     force: bool = False
     umask: Optional[int] = None
+    # the fingerprint the agent just took while planning (hashed only if the entry had a
+    # previous one); the build re-stats and re-uses its hash instead of hashing again
+    current: Optional[Fingerprint] = None
 
 
 @dataclass
@@ -137,6 +139,8 @@ _AT_FDCWD = -100
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
     try:
+        import ctypes  # only here: 5-10 ms of import on every re-run otherwise
+
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.renameat2
     except (OSError, AttributeError):
@@ -248,6 +252,33 @@ def _build_inspect(req: BuildRequest, ds, notes: List[str]) -> Layer:
     return snapshot_layer(target)
 
 
+def _fingerprint_while_importing(path: str, previous: Optional[Fingerprint]) -> Fingerprint:
+    """The source's fingerprint, hashed (when it must be) in a thread while `datasets` is
+    imported: hashing releases the GIL, so a large file's hash costs no wall time on a
+    second core. The job environment is already in os.environ (read at import)."""
+    import sys
+    import threading
+
+    if "datasets" in sys.modules:
+        return fingerprint(path, previous)
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["fp"] = fingerprint(path, previous)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["exc"] = exc
+
+    thread = threading.Thread(target=work, name="fingerprint", daemon=True)
+    thread.start()
+    with contextlib.suppress(Exception):  # a broken install fails where the build imports it
+        import datasets  # noqa: F401
+    thread.join()
+    if "exc" in box:
+        raise box["exc"]
+    return box["fp"]
+
+
 def build_entry(req: BuildRequest) -> BuildOutcome:
     """Build (or confirm) one entry under its lock; raises SourceError on failure."""
     t0 = time.perf_counter()
@@ -255,7 +286,7 @@ def build_entry(req: BuildRequest) -> BuildOutcome:
         os.umask(req.umask)
     _set_job_env(req.job_env)
     path = req.call.data_files
-    before = fingerprint(path, req.previous)
+    before = _fingerprint_while_importing(path, req.current if req.current and req.current.sha256 else req.previous)
     store = state_dir(req.roots)
     key = record_key(req.call, req.consumer, req.versions)
     record_path = store / "entries" / f"{key}.json"
@@ -333,13 +364,22 @@ def _leftover_folders(roots: CacheRoots, call: LoadCall, consumer: str, versions
 
 
 def sweep_leftovers(roots: CacheRoots, call: LoadCall, consumer: str, versions: Dict[str, Optional[str]],
-                    layers: Dict[str, Layer], lock_kind: str, lock_stale_s: float) -> List[str]:
+                    layers: Dict[str, Layer], lock_kind: str, lock_stale_s: float,
+                    listings: Optional[Dict[Path, List[str]]] = None) -> List[str]:
     """For an entry that needs no build: remove what a killed builder left beside its
     layers (temp folders, graves, datasets' `.incomplete`), under the entry lock and only
-    when the owner is provably gone. Costs a directory listing when there is nothing."""
+    when the owner is provably gone. Costs a directory listing when there is nothing.
+
+    `listings` (folder -> names) is shared by the caller across entries: every inspect
+    entry lives in the same folder, which is then listed once per run, not once per entry."""
     hf_dir = Path(layers[HF].dir) if HF in layers else None
     places = _leftover_folders(roots, call, consumer, versions, hf_dir)
-    found = any(n.startswith(prefix) for folder, prefix in places for n in _listdir(folder))
+    if listings is None:
+        listings = {}
+    for folder, _ in places:
+        if folder not in listings:
+            listings[folder] = [n for n in _listdir(folder) if n.startswith(".")]
+    found = any(n.startswith(prefix) for folder, prefix in places for n in listings[folder])
     if not found and not (hf_dir is not None and Path(f"{hf_dir}.incomplete").is_dir()):
         return []
     key = record_key(call, consumer, versions)

@@ -76,9 +76,20 @@ def content_hash(path: str) -> str:
         raise _open_error(path, exc) from None
 
 
-def fingerprint(path: str, previous: Optional[Fingerprint] = None) -> Fingerprint:
-    """Stat the file; hash it unless the stat matches `previous` (then reuse its hash)."""
+def fingerprint(path: str, previous: Optional[Fingerprint] = None, content: bool = True) -> Fingerprint:
+    """Stat the file; hash it unless the stat matches `previous` (then reuse its hash).
+
+    content=False: no hash (sha256=None), but the file is opened, so an unreadable file
+    fails here as it would when hashed; for a file that is going to be built anyway (the
+    build hashes it, overlapped with importing `datasets`)."""
     fp = stat_source(path)
+    if not content and not (previous is not None and previous.sha256 and fp.same_stat(previous)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise _open_error(path, exc) from None
+        return fp
     if previous is not None and previous.sha256 and fp.same_stat(previous):
         return Fingerprint(fp.size, fp.mtime_ns, fp.ctime_ns, fp.inode, previous.sha256)
     return Fingerprint(fp.size, fp.mtime_ns, fp.ctime_ns, fp.inode, content_hash(path))

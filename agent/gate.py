@@ -29,15 +29,9 @@ _FAST_KEYS = {"action", "experiment", "manifest", "task", "output", "verbose"}
 
 
 def _versions() -> Dict[str, Optional[str]]:
-    from importlib.metadata import PackageNotFoundError, version
+    from agent.versions import versions  # dist-info lookup: no importlib.metadata import
 
-    out: Dict[str, Optional[str]] = {}
-    for dist in ("datasets", "pyarrow", "inspect_ai"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
+    return versions(("datasets", "pyarrow", "inspect_ai"))
 
 
 def check(manifest_path: Path, task: Optional[str] = None,

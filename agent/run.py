@@ -13,9 +13,7 @@ import os
 import socket
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -49,14 +47,9 @@ def resolve_paths(cfg: AgentConfig, environ=os.environ) -> Paths:
 
 def installed_versions(consumer: str) -> Dict[str, Optional[str]]:
     """The versions that key the caches, read without importing the libraries."""
-    from importlib.metadata import PackageNotFoundError, version
+    from agent.versions import versions  # dist-info lookup: no importlib.metadata import
 
-    out: Dict[str, Optional[str]] = {}
-    for dist, key in (("datasets", "datasets"), ("pyarrow", "pyarrow"), ("inspect_ai", "inspect_ai")):
-        try:
-            out[key] = version(dist)
-        except PackageNotFoundError:
-            out[key] = None
+    out = versions(("datasets", "pyarrow", "inspect_ai"))
     if consumer == INSPECT and out["inspect_ai"] is None:
         raise ConfigError("consumer=inspect needs inspect-ai: pip install 'cluster-agent[inspect]', "
                           "or pass consumer=datasets")
@@ -94,8 +87,11 @@ def classify(item: Item, prev: Optional[Dict[str, Any]], cfg: AgentConfig, roots
         except (KeyError, TypeError, ValueError):
             previous_fp = None
     item.previous = prev
+    # an entry that will be built whatever its content is hashed by the build (overlapped
+    # with importing datasets), not here: a large file is then hashed once, not twice
+    will_build = cfg.force or previous_fp is None or prev.get("status") not in manifest.READY
     try:
-        item.source = fingerprint(item.entry.call.data_files, previous_fp)
+        item.source = fingerprint(item.entry.call.data_files, previous_fp, content=not will_build)
     except SourceError as exc:
         item.status, item.error = ("missing" if exc.missing else "failed"), str(exc)
         return
@@ -155,43 +151,42 @@ def build_all(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: D
             versions=versions, previous=Fingerprint.from_json(item.previous["source"])
             if item.previous and isinstance(item.previous.get("source"), dict) else None,
             lock_kind=cfg.site.lock.name, lock_timeout_s=cfg.site.lock_timeout_s,
-            lock_stale_s=cfg.site.lock_stale_s, force=cfg.force, umask=umask)
+            lock_stale_s=cfg.site.lock_stale_s, force=cfg.force, umask=umask, current=item.source)
 
     def finish(item: Item, outcome: Optional[BuildOutcome], error: Optional[BaseException]) -> None:
         if outcome is not None:
             item.status, item.rows, item.layers = outcome.status, outcome.rows, outcome.layers
             item.source, item.seconds, item.notes = outcome.source, outcome.seconds, outcome.notes
         elif isinstance(error, AgentError):
+            _hash_if_needed(item)  # the manifest merge matches failures to others' builds by hash
             item.status, item.error = "failed", str(error)
             if isinstance(error, SourceError) and error.missing:
                 item.status = "missing"
         else:
+            _hash_if_needed(item)
             item.status, item.error = "failed", f"{item.entry.call.data_files} ({type(error).__name__}: {error})"
+        if error is not None and cfg.verbose:
+            from loguru import logger
+
+            logger.opt(exception=error).bind(event="DEBUG").debug("build failed")
         on_done(item)
 
-    if cfg.jobs == 1 or len(todo) == 1:
-        for item in todo:
-            t0 = time.perf_counter()
-            try:
-                finish(item, build_entry(request(item)), None)
-            except Exception as exc:  # noqa: BLE001 - becomes the entry's failure
-                if cfg.verbose:
-                    from loguru import logger
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
 
-                    logger.opt(exception=exc).bind(event="DEBUG").debug("build failed")
-                finish(item, None, exc)
-            item.seconds = item.seconds or time.perf_counter() - t0
-        return
-
+    # Builds run in worker processes even with jobs=1: the agent itself never imports
+    # datasets, and a build's peak memory (150 MB + 4.3 x the file) is returned to the
+    # system when its worker exits, before the verification process starts.
     # Largest first, and never more estimated peak RSS in flight than the site allows.
-    queue = sorted(todo, key=_estimate_mb, reverse=True)
+    workers = min(cfg.jobs, len(todo))
+    queue = sorted(todo, key=_estimate_mb, reverse=True) if workers > 1 else list(todo)
     budget = cfg.site.memory_budget_mb
     running: Dict[Future, Item] = {}
     in_use = 0.0
     # fork: the parent has not imported datasets, and forking avoids re-importing the agent
-    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=get_context("fork")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
         while queue or running:
-            while queue and len(running) < cfg.jobs and (not running or in_use + _estimate_mb(queue[0]) <= budget):
+            while queue and len(running) < workers and (not running or in_use + _estimate_mb(queue[0]) <= budget):
                 item = queue.pop(0)
                 in_use += _estimate_mb(item)
                 running[pool.submit(build_entry, request(item))] = item
@@ -201,6 +196,14 @@ def build_all(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: D
                 in_use -= _estimate_mb(item)
                 exc = fut.exception()
                 finish(item, None if exc else fut.result(), exc)
+
+
+def _hash_if_needed(item: Item) -> None:
+    if item.source is not None and item.source.sha256 is None:
+        try:
+            item.source = fingerprint(item.entry.call.data_files, None)
+        except SourceError:
+            pass
 
 
 def verify_built(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: Dict[str, str]) -> None:
@@ -303,10 +306,11 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
     # prebuild
     if cfg.site.umask is not None:
         os.umask(int(str(cfg.site.umask), 8))
+    listings: Dict[Path, List[str]] = {}
     for item in items:
         if item.status == "unchanged":  # what a killed builder left beside ready layers
             item.notes += sweep_leftovers(paths.roots, item.entry.call, consumer, versions, item.layers,
-                                          cfg.site.lock.name, cfg.site.lock_stale_s)
+                                          cfg.site.lock.name, cfg.site.lock_stale_s, listings)
 
     event("CACHE_PREBUILD", f"Pre-building {'HF datasets + inspect-ai' if consumer == INSPECT else 'HF datasets'} cache\n"
           f"Unique datasets: {len(items)}")
