@@ -189,7 +189,7 @@ def test_prebuild_job_id_chains(example: Path, tmp_path: Path, caches) -> None:
     assert job_id.isdigit() and proc.stdout == f"{job_id}\n"
     states = launcher.job_states(job_id)
     assert states and set(states) <= {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}
-    subprocess.run(["scancel", job_id], check=True)  # the build itself is covered by test_slurm_e2e.py
+    subprocess.run(["scancel", job_id], capture_output=True)  # the build itself is covered by test_slurm_e2e.py
 
 
 def test_job_args_never_resubmit_and_keep_the_users_overrides() -> None:
@@ -224,16 +224,19 @@ def test_failed_prebuild_job_cancels_the_chained_evals(tmp_path: Path, caches) -
     array chained on it with afterok; submit.py refuses to chain on a job that already failed."""
     _cluster_up()
     summary = write_summary(tmp_path / "exp", [{"name": "gone", "dataset": "data/gone.json"}])
-    overrides = [f"experiment={summary}", SETUP, "policy=stop", "consumer=datasets"]
+    go = tmp_path / "go"
+    # the job's setup waits for `go`, so the evals are surely chained before the pre-build ends
+    setup = f'site.slurm.setup=["source {Path(sys.executable).parent / "activate"}", ' \
+            f'"while [ ! -e {go} ]; do sleep 0.2; done"]'
+    overrides = [f"experiment={summary}", setup, "policy=stop", "consumer=datasets"]
     pre = run_agent("launcher=slurm", *overrides, cwd=tmp_path)
     assert pre.returncode == 0, pre.stderr
     job = pre.stdout.strip()
-    subprocess.run(["scontrol", "hold", job], check=True)  # so the evals are chained before it ends
     ev = subprocess.run([sys.executable, str(SUBMIT), *overrides, "--after", job, "--command", "true", "--json"],
                         capture_output=True, text=True, cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     evals = json.loads(ev.stdout)["job_id"]
-    subprocess.run(["scontrol", "release", job], check=True)
+    go.touch()
     deadline = time.time() + 120
     while launcher.job_states(evals) != ["CANCELLED"] and time.time() < deadline:
         time.sleep(0.5)
