@@ -3,6 +3,8 @@ and no Hydra `outputs/` or `.hydra/` folders in the user's current folder."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -179,3 +181,51 @@ def test_third_party_logging_goes_to_both_sinks_in_the_design_format(tmp_path):
         want += [("HYDRA", "hydra info")] if verbose == "true" else []
         assert got == want + [("CACHE_BUILT", "mine")]
         assert log.read_text().splitlines() == lines
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_configs_and_the_example_and_nothing_else(tmp_path):
+    """Build the real wheel from a copy of the checkout that also holds run-time leftovers
+    (a manifest, a log) and a per-user override, then run the CLI from the unpacked wheel
+    only: it must compose its own conf/ and default to its own example, and none of the
+    leftovers may ship."""
+    import shutil
+    import zipfile
+
+    from conftest import REPO
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info",
+                                                             ".pytest_cache", "bench", "tests"))
+    (src / "examples" / ".cluster-agent").mkdir(exist_ok=True)
+    (src / "examples" / ".cluster-agent" / "manifest.json").write_text("{}")
+    (src / "examples" / "logs").mkdir(exist_ok=True)
+    (src / "examples" / "logs" / "cluster-agent.log").write_text("old\n")
+    (src / "conf" / "user" / "default.yaml").write_text("# @package _global_\npolicy: {mode: stop}\n")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "whl"), str(src)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "whl").glob("cluster_agent-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for group in GROUPS:
+        for option in group_options(group):
+            assert f"agent/conf/{group}/{option}.yaml" in names
+    assert "agent/conf/config.yaml" in names and "agent/examples/experiment_summary.yaml" in names
+    assert {"agent/examples/data/words.json", "agent/examples/data/acs.json", "agent/examples/data/arith.jsonl"} <= set(names)
+    leftovers = [n for n in names if ".cluster-agent/" in n or "/logs/" in n or n.endswith("user/default.yaml")]
+    assert leftovers == []
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site))  # the unpacked wheel shadows the editable checkout
+    proc = subprocess.run([sys.executable, "-m", "agent", "action=plan", "output=json", "consumer=datasets"],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert all(e["source"].startswith(str(site / "agent" / "examples" / "data")) for e in plan["entries"])
+    proc = subprocess.run([sys.executable, "-m", "agent", "--cfg", "job"], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+    assert proc.returncode == 0 and yaml.safe_load(proc.stdout)["policy"]["mode"] == "ask", proc.stderr
+    assert list(cwd.iterdir()) == []
