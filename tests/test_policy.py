@@ -70,6 +70,17 @@ def test_policy_stop_exits_1_and_records_stop(exp):
     assert proc.stdout.startswith("stop: ")
 
 
+def test_policy_stop_with_json_output(exp):
+    proc = _run(exp, "policy=stop", "output=json", timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["decision"] == "stop" and doc["manifest"] == str(exp["manifest"])
+    assert doc["summary"] == {"built": 0, "unchanged": 2, "rebuilt": 0, "missing": 1, "failed": 0}
+    gone = next(e for e in doc["entries"] if e["tasks"] == ["gone"])
+    assert gone == {"source": exp["gone"], "field": "test", "split": "train", "tasks": ["gone"],
+                    "status": "missing", "rows": None, "error": f"{exp['gone']} (no such file)"}
+
+
 def test_policy_continue_exits_0_and_records_proceed(exp):
     proc = _run(exp, "policy=continue", timeout=300)
     assert proc.returncode == 0, proc.stderr
