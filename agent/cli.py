@@ -133,6 +133,8 @@ def _run_logged(cfg) -> int:
 
     paths = run.resolve_paths(cfg)
     log_file = None
+    if cfg.action.name == "prebuild":
+        run.apply_umask(cfg.site.umask)  # before the log file is created
     # Only a real run on an existing summary gets a log file: a bad experiment= path must
     # not leave logs/ folders behind (the summary error is reported by run.run).
     if cfg.action.name == "prebuild" and paths.summary.is_file():

@@ -145,7 +145,17 @@ def main_fast(pairs: Dict[str, str]) -> int:
     manifest = pairs.get("manifest")
     if manifest in ("", "null"):
         manifest = None
-    path = Path(os.path.abspath(os.path.expanduser(manifest))) if manifest else default_manifest(pairs.get("experiment"))
+    if manifest:
+        from agent.config import inside  # stdlib at module level; no Hydra import
+        from agent.errors import ConfigError
+
+        try:
+            path = inside(default_manifest(pairs.get("experiment")).parent.parent, manifest, "manifest")
+        except ConfigError as exc:
+            sys.stderr.write(f"cluster-agent: error: {exc}\n")
+            return EXIT_USAGE
+    else:
+        path = default_manifest(pairs.get("experiment"))
     task = pairs.get("task") or None
     if task == "null":
         task = None

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from agent import __version__, layers, manifest, policy, report
 from agent.build import BuildOutcome, BuildRequest, build_entry, sweep_leftovers
-from agent.config import EXAMPLE_SUMMARY, AgentConfig, expand
+from agent.config import EXAMPLE_SUMMARY, AgentConfig, expand, inside
 from agent.errors import EXIT_PROCEED, EXIT_STOP, AgentError, ConfigError, ManifestError, SourceError
 from agent.fingerprint import Fingerprint, fingerprint
 from agent.layers import HF, INSPECT, CacheRoots, Layer, inspect_folder, layer_problems
@@ -39,10 +39,20 @@ class Paths:
 def resolve_paths(cfg: AgentConfig, environ=os.environ) -> Paths:
     summary = expand(cfg.experiment) or EXAMPLE_SUMMARY
     state = expand(cfg.site.state_dir) or summary.parent
-    manifest_path = expand(cfg.manifest) or state / ".cluster-agent" / "manifest.json"
-    log_file = expand(cfg.log_file) or state / "logs" / "cluster-agent.log"
+    manifest_path = inside(state, cfg.manifest, "manifest") or state / ".cluster-agent" / "manifest.json"
+    log_file = inside(state, cfg.log_file, "log_file") or state / "logs" / "cluster-agent.log"
     roots = layers.resolve_roots(expand(cfg.site.hf_cache), expand(cfg.site.xdg_cache_home), environ)
     return Paths(summary, manifest_path, log_file, roots)
+
+
+def apply_umask(site_umask: Optional[str]) -> None:
+    """The site's umask (e.g. 0002, group-shared); without one, the inherited umask with
+    world-write masked off: nothing the agent writes is ever world-writable."""
+    if site_umask is not None:
+        os.umask(int(str(site_umask), 8))
+    else:
+        current = os.umask(0o022)
+        os.umask(current | 0o002)
 
 
 def installed_versions(consumer: str) -> Dict[str, Optional[str]]:
@@ -304,8 +314,7 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
         return report.plan(items, cfg, paths, stdout)
 
     # prebuild
-    if cfg.site.umask is not None:
-        os.umask(int(str(cfg.site.umask), 8))
+    apply_umask(cfg.site.umask)
     listings: Dict[Path, List[str]] = {}
     for item in items:
         if item.status == "unchanged":  # what a killed builder left beside ready layers
