@@ -72,7 +72,9 @@ def _load_yaml(path: Path) -> Any:
     except OSError as exc:
         raise SummaryError(f"experiment={path}: cannot read it ({exc.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        # libyaml's safe loader when PyYAML has it: the same safe constructors, ~10x faster
+        # on a summary with hundreds of tasks (an unchanged re-run parses it every time)
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
