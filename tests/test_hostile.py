@@ -320,6 +320,7 @@ def test_paths_with_spaces_quotes_newlines_and_non_ascii(tmp_path, caches):
 # --- a huge file: the content hash streams --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_content_hash_of_a_1gb_file_uses_bounded_memory(tmp_path):
     """1 GiB sparse file (no disk used): peak RSS of the hashing process grows by less
     than 64 MiB over the same process before hashing."""
