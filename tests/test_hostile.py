@@ -10,12 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import pytest
 

@@ -22,7 +22,7 @@ import pytest
 
 from agent import locks
 from agent.errors import LockTimeout
-from agent.locks import SoftLock, clean_leftovers, hold, owner_gone, owner_record, tag_owner
+from agent.locks import SoftLock, clean_leftovers, owner_gone, owner_record, tag_owner
 from tests.conftest import REPO, read_manifest, run_agent, write_records, write_summary
 
 PY = sys.executable
