@@ -173,7 +173,12 @@ def _one_line(exc: BaseException) -> str:
         parent, _, leaf = key.group(1).rpartition(".")
         if first.startswith(f"{key.group(1)}: Key '{leaf}' not in"):
             first += f"{_suggest(leaf, _keys_of(parent))}; valid keys: {', '.join(_keys_of(parent))}"
+        elif "is not in struct" in first and parent in _OPEN_MAPPINGS:
+            first += f"; to add an entry write +{key.group(1)}=VALUE"
     return first
+
+
+_OPEN_MAPPINGS = ("site.env",)  # Dict fields whose keys the user chooses
 
 
 def _keys_of(dotted: str) -> List[str]:
@@ -225,7 +230,7 @@ def _quote_plain_values(overrides: List[str]) -> List[str]:
         except HydraException:
             key, _, value = item.partition("=")
             quote = "'" if "'" not in value else '"' if '"' not in value else None
-            if not value or quote is None or value[0] in "'\"[{":
+            if not value or quote is None:  # unparsable as-is, so not a list/dict: a string
                 raise ConfigError(f"'{item}': cannot parse this override; quote the value, e.g. {key}='...'") from None
             item = f"{key}={quote}{value}{quote}"
             try:

@@ -153,3 +153,21 @@ def test_every_key_in_every_option_file_documents_its_override():
                 if not m or m.group(1) in ("defaults", "slurm", "name"):
                     continue  # section headers and the profile's own name
                 assert "#" in line and "=" in line.split("#", 1)[1], f"{path}: undocumented key: {line!r}"
+
+
+def test_site_env_entries_are_added_with_plus_as_documented():
+    cfg = config.load(["+site.env.MY_VAR=x", "+site.env.OTHER=2"])
+    assert cfg.site.env == {"MY_VAR": "x", "OTHER": "2"}
+    with pytest.raises(ConfigError) as err:
+        config.load(["site.env.MY_VAR=x"])
+    assert "+site.env.MY_VAR=VALUE" in str(err.value)
+    assert "# +site.env.VAR=value" in (CONF_DIR / "site" / "local.yaml").read_text()
+
+
+def test_override_values_hydra_cannot_parse_are_taken_as_strings():
+    cfg = config.load(["conditions.pattern={condition}.json", "site.hf_cache=~/hf (shared)"])
+    assert cfg.conditions.pattern == "{condition}.json"
+    assert cfg.site.hf_cache == "~/hf (shared)"
+    with pytest.raises(ConfigError) as err:
+        config.load(["""site.hf_cache=a'b"c("""])
+    assert "cannot parse this override" in str(err.value)

@@ -213,3 +213,18 @@ def test_summary_without_read_permission():
         assert str(summary) in line and "permission denied" in line
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_eval_condition_resolves_through_the_configured_folder(tmp_path):
+    folder = tmp_path / "exp"
+    write_records(folder / "conds" / "easy.json", 2)
+    summary = write_summary(folder, [{"name": "t", "eval_condition": "easy"}])
+    proc = run_agent(f"experiment={summary}", "action=plan", "output=json", "consumer=datasets",
+                     "conditions.dir=conds", "conditions.pattern={condition}.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = json.loads(proc.stdout)["entries"]
+    assert entry["source"] == str(folder / "conds" / "easy.json") and entry["action"] == "build"
+    # without a configured folder: one clear line, exit 2
+    proc = run_agent(f"experiment={summary}", "action=plan", "consumer=datasets", cwd=tmp_path)
+    line = assert_one_error_line(proc, 2)
+    assert "eval_condition 'easy'" in line and "conditions.dir" in line
