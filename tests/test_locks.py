@@ -290,3 +290,33 @@ def test_lock_timeout_is_a_failed_entry_and_policy_decides(tmp_path, caches, kin
     again = run_agent(f"experiment={summary}", "consumer=datasets", f"site.lock={kind}", "policy=stop")
     assert again.returncode == 0, again.stderr
     assert read_manifest(summary)["entries"][0]["status"] in ("built", "rebuilt")
+
+
+def test_manifest_lock_timeout_is_one_line_and_keeps_the_manifest(tmp_path, caches):
+    """Another agent holds the manifest merge lock for too long: exit 1 (stop), one line
+    naming the lock and its owner, and the manifest it is writing is not touched."""
+    write_records(tmp_path / "exp" / "data" / "a.json", 5)
+    summary = write_summary(tmp_path / "exp", [{"name": "a", "dataset": "data/a.json"}])
+    first = run_agent(f"experiment={summary}", "consumer=datasets", "site.lock=soft", "verify=false")
+    assert first.returncode == 0, first.stderr
+    manifest = summary.parent / ".cluster-agent" / "manifest.json"
+    before = manifest.read_bytes()
+    holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import time
+        from agent.locks import SoftLock
+        with SoftLock({str(manifest) + '.lock'!r}, 5, 3600):
+            print("held", flush=True)
+            time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_agent(f"experiment={summary}", "consumer=datasets", "site.lock=soft", "site.lock_timeout_s=1",
+                           "force=true", "verify=false")
+        assert result.returncode == 1, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("cluster-agent: error: ")]
+        assert len(errors) == 1 and "manifest.json.lock" in errors[0] and f"pid {holder.pid}" in errors[0]
+        assert "Traceback" not in result.stderr
+        assert manifest.read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
