@@ -77,14 +77,32 @@ def write_atomic(path: Path, doc: Dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{owner_tag()}")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+            fh.write(render(doc))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def render(doc: Dict[str, Any]) -> str:
+    """The manifest as text: one top-level key per line and one entry per line. Readable,
+    diffable, and encoded by json's C encoder (``indent=`` switches to the pure-Python
+    one, which costs ~0.2 ms per entry on every run of a 1,000-dataset sweep)."""
+    keys = list(doc)
+    lines = ["{"]
+    for i, key in enumerate(keys):
+        comma = "," if i < len(keys) - 1 else ""
+        value = doc[key]
+        if key == "entries" and isinstance(value, list) and value:
+            lines.append(f"  {json.dumps(key)}: [")
+            lines.append(",\n".join(f"    {json.dumps(entry)}" for entry in value))
+            lines.append(f"  ]{comma}")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
 def merge(existing: Optional[Dict[str, Any]], ours: Dict[str, Any]) -> Dict[str, Any]:
