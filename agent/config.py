@@ -304,7 +304,7 @@ def load(overrides: List[str]) -> AgentConfig:
             return cached
     composed = compose_config(overrides)
     typed = to_typed(composed)
-    if cache_key is not None:
+    if cache_key is not None and typed.action.name != "plan":  # plan writes nothing, not even the memo
         from omegaconf import OmegaConf
 
         confcache.put(cache_key, typed, OmegaConf.to_container(composed, resolve=False))
