@@ -216,17 +216,21 @@ def _hash_if_needed(item: Item) -> None:
             pass
 
 
-def verify_built(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: Dict[str, str]) -> None:
-    from agent.verify import verify
+def verify_built(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: Dict[str, str],
+                 started: Any = None) -> None:
+    """`started`: the verification process verify.start() launched before the builds."""
+    from agent.verify import cancel, verify
 
     # also what another agent built (shared record): it was verified in *its* job environment
     targets = [i for i in items if i.status in ("built", "rebuilt")
                or (i.status == "unchanged" and "built by another agent" in i.notes)]
     if not targets:
+        if started is not None:
+            cancel(started)
         return
     event("CACHE_VERIFY", f"Loading {len(targets)} dataset(s) with the real {cfg.consumer.kind.name} call in a fresh process")
     calls = [dict(i.entry.call.__dict__, rows=i.rows) for i in targets]
-    results = verify(cfg.consumer.kind.name, calls, [str(roots.hf), str(roots.inspect)], job_env)
+    results = verify(cfg.consumer.kind.name, calls, [str(roots.hf), str(roots.inspect)], job_env, started=started)
     for item, result in zip(targets, results):
         if not result["ok"]:
             item.status, item.error = "failed", f"{item.entry.call.describe()} (verification: {result['error']})"
@@ -329,9 +333,20 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
         if item.status in ("unchanged", "missing", "failed"):
             report.log_item(item)
             progress.advance(item)
-    build_all(items, cfg, paths.roots, job_env, versions, lambda it: (report.log_item(it), progress.advance(it)))
+    # the verification process starts now, so that its imports overlap the builds
+    started = None
+    if cfg.verify and any(i.status == "build" for i in items):
+        from agent import verify as verify_mod
+
+        started = verify_mod.start(consumer, job_env)
+    try:
+        build_all(items, cfg, paths.roots, job_env, versions, lambda it: (report.log_item(it), progress.advance(it)))
+    except BaseException:
+        if started is not None:
+            verify_mod.cancel(started)
+        raise
     if cfg.verify:
-        verify_built(items, cfg, paths.roots, job_env)
+        verify_built(items, cfg, paths.roots, job_env, started)
         for item in items:
             if item.status == "failed" and item.error and "(verification:" in item.error:
                 report.log_item(item)
