@@ -387,9 +387,11 @@ def run(cfg: AgentConfig, stdout=sys.stdout) -> int:
             existing = manifest.read(paths.manifest)
         except ManifestError:
             existing = None
-        doc = manifest.merge(existing if existing and existing.get("versions") == versions else None, doc)
-        if (cfg.task is not None or cfg.entry is not None) and existing:
-            # narrowed run: keep the other tasks' entries as they were
+        same_keys = bool(existing) and existing.get("versions") == versions and existing.get("consumer") == consumer
+        doc = manifest.merge(existing if same_keys else None, doc)
+        if (cfg.task is not None or cfg.entry is not None) and same_keys:
+            # narrowed run: keep the other tasks' entries as they were (only when they were
+            # built for the same library versions: the manifest's versions vouch for all)
             mine = {e["key"] for e in doc["entries"]}
             doc["entries"] += [e for e in existing.get("entries", []) if e["key"] not in mine]
             doc["summary"] = manifest.count(doc["entries"])
