@@ -83,16 +83,9 @@ def _read_record(path: Path) -> Optional[dict]:
 
 
 def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{locks.owner_tag()}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from agent.manifest import write_text_atomic
+
+    write_text_atomic(path, json.dumps(doc, indent=1))
 
 
 def record_still_valid(record: Optional[dict], source: Fingerprint, consumer: str) -> bool:

@@ -70,14 +70,19 @@ def validate(doc: Any, path: Path) -> None:
 
 
 def write_atomic(path: Path, doc: Dict[str, Any]) -> None:
-    """Write to a temporary name in the same folder, fsync, rename into place."""
-    path = Path(path)
+    """Write the manifest to a temporary name in the same folder, fsync, rename into place."""
+    write_text_atomic(Path(path), render(doc))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of it. The temporary name
+    carries its owner, so a killed writer's leftover is swept once the owner is gone."""
     from agent.locks import owner_tag  # stdlib only, like this module
 
     tmp = path.with_name(f".{path.name}.tmp-{owner_tag()}")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(render(doc))
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
