@@ -71,7 +71,7 @@ class SiteConfig:
     lock_stale_s: float = 3600.0
     # octal umask for everything the agent writes ("0002" = group-shared); null = inherit
     umask: Optional[str] = None
-    # parallel builds never exceed this much estimated peak RSS (150 MB + 4.3 x file size each)
+    # parallel builds never exceed this much estimated peak RSS (150 MB + 16 x file size each, measured)
     memory_budget_mb: int = 8192
     # extra variables every job must export, recorded in the manifest
     env: Dict[str, str] = field(default_factory=dict)

@@ -142,9 +142,15 @@ def classify(item: Item, prev: Optional[Dict[str, Any]], cfg: AgentConfig, roots
     item.layers = recorded
 
 
+# Peak RSS of one build: DESIGN measured 150 MB + 4.3 x the file; bench/run.py measured
+# 3.1 GB for a 200 MB file of short rows (~15.5 x), since `field=` parses the whole file
+# into Python objects. Budget for the worse case.
+_RSS_PER_SOURCE_BYTE = 16.0
+
+
 def _estimate_mb(item: Item) -> float:
     size = item.source.size if item.source else 0
-    return 150 + 4.3 * size / 1e6
+    return 150 + _RSS_PER_SOURCE_BYTE * size / 1e6
 
 
 def build_all(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: Dict[str, str],
@@ -185,7 +191,7 @@ def build_all(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env: D
     from multiprocessing import get_context
 
     # Builds run in worker processes even with jobs=1: the agent itself never imports
-    # datasets, and a build's peak memory (150 MB + 4.3 x the file) is returned to the
+    # datasets, and a build's peak memory (150 MB + up to 16 x the file) is returned to the
     # system when its worker exits, before the verification process starts.
     # Largest first, and never more estimated peak RSS in flight than the site allows.
     workers = min(cfg.jobs, len(todo))
@@ -229,11 +235,22 @@ def verify_built(items: List[Item], cfg: AgentConfig, roots: CacheRoots, job_env
             cancel(started)
         return
     event("CACHE_VERIFY", f"Loading {len(targets)} dataset(s) with the real {cfg.consumer.kind.name} call in a fresh process")
-    calls = [dict(i.entry.call.__dict__, rows=i.rows) for i in targets]
+    calls = [dict(i.entry.call.__dict__, rows=i.rows, watch=_watched(i)) for i in targets]
     results = verify(cfg.consumer.kind.name, calls, [str(roots.hf), str(roots.inspect)], job_env, started=started)
     for item, result in zip(targets, results):
         if not result["ok"]:
             item.status, item.error = "failed", f"{item.entry.call.describe()} (verification: {result['error']})"
+
+
+def _watched(item: Item) -> List[str]:
+    """The folders whose every file verification compares: the entry's HF config folder
+    (<hf>/<builder>/<config>, holding its version folders) and its inspect folder."""
+    out = []
+    if HF in item.layers:
+        out.append(str(Path(item.layers[HF].dir).parent.parent))
+    if INSPECT in item.layers:
+        out.append(item.layers[INSPECT].dir)
+    return out
 
 
 def _check_writable(folder: Path, what: str) -> None:

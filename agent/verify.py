@@ -20,31 +20,64 @@ from typing import Any, Dict, List, Optional, Tuple
 _IGNORED_SUFFIXES = (".lock",)
 
 
-def snapshot(roots: List[str]) -> Dict[str, Tuple[int, int]]:
+def _files(folder: str, seen: Dict[str, Tuple[int, int]]) -> None:
+    """Every file under `folder` with its size and mtime (lock files excluded)."""
+    for sub, dirs, files in os.walk(folder):
+        if os.path.basename(sub) == ".cluster-agent":
+            dirs[:] = []
+            continue
+        for name in files:
+            if name.endswith(_IGNORED_SUFFIXES):
+                continue
+            path = os.path.join(sub, name)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            seen[path] = (st.st_size, st.st_mtime_ns)
+        for name in dirs:
+            seen[os.path.join(sub, name) + "/"] = (0, 0)
+
+
+def _folders(root: str, depth: int, seen: Dict[str, Tuple[int, int]]) -> None:
+    """The mtime of every folder down to `depth` below root. A folder's mtime moves when
+    anything is created, removed or renamed in it, so this sees a consumer that misses
+    and builds anywhere (a new HF config or version folder, a new inspect folder, an
+    `.incomplete` folder) without stat-ing every file of a large shared cache."""
+    try:
+        seen[root + "/"] = (0, os.stat(root).st_mtime_ns)
+    except OSError:
+        return
+    if depth == 0:
+        return
+    try:
+        children = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for child in children:
+        if child.name != ".cluster-agent":
+            _folders(child.path, depth - 1, seen)
+
+
+def snapshot(roots: List[str], watch: Optional[List[str]] = None) -> Dict[str, Tuple[int, int]]:
+    """What one call could change: folder mtimes down to <hf>/<builder>/<config>/ (depth 2)
+    of every root, plus every file of the call's own cache folders (`watch`), where a
+    rebuild in place would rewrite files without creating any. Cost per call grows with
+    the number of datasets in the cache (one stat each), not with their files."""
     seen: Dict[str, Tuple[int, int]] = {}
     for root in roots:
-        for folder, dirs, files in os.walk(root):
-            if os.path.basename(folder) == ".cluster-agent":
-                dirs[:] = []
-                continue
-            for name in files:
-                if name.endswith(_IGNORED_SUFFIXES):
-                    continue
-                path = os.path.join(folder, name)
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    continue
-                seen[path] = (st.st_size, st.st_mtime_ns)
-            for name in dirs:
-                seen[os.path.join(folder, name) + "/"] = (0, 0)
+        _folders(root, 2, seen)
+    for folder in watch or []:
+        _files(folder, seen)
     return seen
 
 
 def _diff(before: Dict[str, Tuple[int, int]], after: Dict[str, Tuple[int, int]]) -> List[str]:
-    changed = [p for p in after if p not in before or before[p] != after[p]]
-    gone = [p for p in before if p not in after]
-    return sorted(changed) + [f"{p} (removed)" for p in sorted(gone)]
+    """Created paths first (they name what the consumer built), then modified, then removed."""
+    created = sorted(p for p in after if p not in before)
+    modified = sorted(p for p in after if p in before and before[p] != after[p])
+    gone = sorted(p for p in before if p not in after)
+    return created + modified + [f"{p} (removed)" for p in gone]
 
 
 def _consume(consumer: str, call: Dict[str, Any]) -> int:
@@ -86,7 +119,8 @@ def probe(request: Dict[str, Any]) -> List[Dict[str, Any]]:
     roots = list(dict.fromkeys(request["roots"] + _consumer_roots(request["consumer"])))
     results = []
     for call in request["calls"]:
-        before = snapshot(roots)
+        watch = [w for w in call.get("watch", []) if w]
+        before = snapshot(roots, watch)
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):  # inspect prints on a cache miss
@@ -94,7 +128,7 @@ def probe(request: Dict[str, Any]) -> List[Dict[str, Any]]:
         except Exception as exc:  # noqa: BLE001 - reported as the entry's failure
             results.append({"ok": False, "rows": None, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
             continue
-        changed = _diff(before, snapshot(roots))
+        changed = _diff(before, snapshot(roots, watch))
         if "Loading dataset" in printed.getvalue():
             # inspect-ai prints this only when its own cache folder was not found
             results.append({"ok": False, "rows": rows, "error": (
