@@ -99,7 +99,7 @@ class LauncherConfig:
     kind: LauncherKind = LauncherKind["local"]
     # with launcher=slurm: one job per dataset (an array) once there are more than this
     array_threshold: int = 8
-    # submitit's folder for job scripts and logs; null = <state dir>/slurm
+    # folder for the rendered sbatch scripts and job output; null = <state dir>/logs/slurm
     folder: Optional[str] = None
 
 

@@ -32,6 +32,18 @@ def copy_example(dest: Path) -> Path:
     return dest / "experiment_summary.yaml"
 
 
+def prebuilt_example(root: Path) -> tuple:
+    """A copy of the bundled example under `root`, pre-built (verify=false) into caches
+    under root/cache: (job env for those caches, summary path)."""
+    from conftest import run_agent
+
+    env = cache_env(root / "cache")
+    summary = copy_example(root / "exp")
+    proc = run_agent(f"experiment={summary}", "verify=false", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return env, summary
+
+
 def events(stderr: str) -> List[tuple]:
     """(EVENT, message) for every log line of DESIGN §6 format."""
     return [m.groups() for m in map(LINE.match, stderr.splitlines()) if m]

@@ -21,16 +21,13 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import files_under, run_agent
-from corehelp import LINE, cache_env, copy_example, events, messages
+from corehelp import LINE, copy_example, events, messages, prebuilt_example
 
 
 @pytest.fixture(scope="module")
 def ex(tmp_path_factory):
     root = tmp_path_factory.mktemp("gate")
-    env = cache_env(root / "cache")
-    summary = copy_example(root / "exp")
-    proc = run_agent(f"experiment={summary}", "verify=false", env=env)
-    assert proc.returncode == 0, proc.stderr
+    env, summary = prebuilt_example(root)
     manifest = summary.parent / ".cluster-agent" / "manifest.json"
     return SimpleNamespace(root=root, env=env, summary=summary, manifest=manifest,
                            doc=json.loads(manifest.read_text()))

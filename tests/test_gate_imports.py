@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import CLI, run_agent
-from corehelp import cache_env, copy_example
+from conftest import CLI
+from corehelp import prebuilt_example
 
 HEAVY = ("datasets", "inspect_ai", "hydra", "omegaconf", "loguru", "pyarrow", "pandas")
 
@@ -32,11 +32,7 @@ sys.stderr.write("PROBE " + json.dumps({{"rc": rc, "loaded": loaded}}) + "\\n")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gate-imports")
-    env = cache_env(root / "cache")
-    summary = copy_example(root / "exp")
-    proc = run_agent(f"experiment={summary}", "verify=false", env=env)
-    assert proc.returncode == 0, proc.stderr
+    env, summary = prebuilt_example(tmp_path_factory.mktemp("gate-imports"))
     return SimpleNamespace(env=env, summary=summary)
 
 
