@@ -25,47 +25,31 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from agent import diagnose, locks
+from agent import consumers, diagnose, locks
+from agent.entry import EntryRecord, Layer, LoadCall, Status, assess, layer_problems
 from agent.errors import LockTimeout, SourceError
 from agent.fingerprint import Fingerprint, fingerprint
-from agent.layers import HF, INSPECT, CacheRoots, Layer, inspect_folder, layer_problems, snapshot_layer
-from agent.plan import LoadCall
+from agent.layers import HF, CacheRoots, snapshot_layer
+from agent.paths import locks_dir, records_dir
 
 
-@dataclass
-class BuildRequest:
-    call: LoadCall
+@dataclass(frozen=True)
+class BuildSettings:
+    """What every entry of one run is built with (sent to each build worker)."""
+
     consumer: str
     roots: CacheRoots
     job_env: Dict[str, str]
     versions: Dict[str, Optional[str]]
-    previous: Optional[Fingerprint]  # what the manifest last recorded for the source
     lock_kind: str = "flock"
     lock_timeout_s: float = 900.0
     lock_stale_s: float = 3600.0
     force: bool = False
     umask: Optional[int] = None
-    # the fingerprint the agent just took while planning (hashed only if the entry had a
-    # previous one); the build re-stats and re-uses its hash instead of hashing again
-    current: Optional[Fingerprint] = None
-
-
-@dataclass
-class BuildOutcome:
-    status: str  # built | rebuilt | unchanged (someone else built it while we waited)
-    rows: int
-    layers: Dict[str, Layer]
-    source: Fingerprint
-    seconds: float
-    notes: List[str] = field(default_factory=list)
-
-
-def state_dir(roots: CacheRoots) -> Path:
-    return roots.hf / ".cluster-agent"
 
 
 def record_key(call: LoadCall, consumer: str, versions: Dict[str, Optional[str]]) -> str:
@@ -82,25 +66,16 @@ def _read_record(path: Path) -> Optional[dict]:
         return None
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    from agent.manifest import write_text_atomic
-
-    write_text_atomic(path, json.dumps(doc, indent=1))
-
-
-def record_still_valid(record: Optional[dict], source: Fingerprint, consumer: str) -> bool:
-    """A shared record proves the layers were built from this very file content."""
-    if not record:
+def record_still_valid(doc: Optional[dict], source: Fingerprint, consumer: str, roots: Optional[CacheRoots] = None,
+                       versions: Optional[Dict[str, Optional[str]]] = None) -> bool:
+    """A shared record proves the layers were built from this very file content
+    (agent.entry.assess, the rule the manifest and the gate use too)."""
+    record = EntryRecord.parse(doc) if doc else None
+    if record is None:
         return False
-    try:
-        fp = Fingerprint.from_json(record["source"])
-        layers = {k: Layer.from_json(v) for k, v in record["layers"].items()}
-    except (KeyError, TypeError, ValueError):
-        return False
-    if fp.sha256 != source.sha256 or fp.mtime_ns != source.mtime_ns:
-        return False  # content moved, or the mtime (part of the HF key) moved
-    wanted = [HF, INSPECT] if consumer == INSPECT else [HF]
-    return all(k in layers and not layer_problems(k, layers[k]) for k in wanted)
+    plugin = consumers.get(consumer)
+    expected = plugin.expected(roots, record.call, versions or {}) if roots is not None else {}
+    return assess(record, source, plugin.layers, expected) is None
 
 
 def _set_job_env(env: Dict[str, str]) -> None:
@@ -183,33 +158,33 @@ def hf_layer_whole(folder: Path, split: str) -> bool:
     return rows == expected
 
 
-def _build_hf(req: BuildRequest, replace: bool, notes: List[str]):
+def _build_hf(call: LoadCall, replace: bool, notes: List[str], lock_kind: str, lock_stale_s: float):
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    kwargs = req.call.kwargs()
-    builder = datasets.load_dataset_builder(req.call.builder, **kwargs)
+    kwargs = call.kwargs()
+    builder = datasets.load_dataset_builder(call.builder, **kwargs)
     hf_dir = Path(builder.cache_dir)
-    _clean_hf_leftovers(req, hf_dir, notes)
+    _clean_hf_leftovers(hf_dir, notes, lock_kind, lock_stale_s)
     if hf_dir.exists():
         if replace:
             notes.append(f"source changed under the same HF key: replaced {hf_dir}")
             move_aside(hf_dir)
-        elif not hf_layer_whole(hf_dir, req.call.split):
+        elif not hf_layer_whole(hf_dir, call.split):
             notes.append(f"repaired broken HF cache {hf_dir}")
             move_aside(hf_dir)
-    ds = datasets.load_dataset(req.call.builder, split=req.call.split, **kwargs)
+    ds = datasets.load_dataset(call.builder, split=call.split, **kwargs)
     folder = Path(ds.cache_files[0]["filename"]).parent if ds.cache_files else hf_dir
     return ds, folder
 
 
-def _clean_hf_leftovers(req: BuildRequest, hf_dir: Path, notes: List[str]) -> None:
+def _clean_hf_leftovers(hf_dir: Path, notes: List[str], lock_kind: str, lock_stale_s: float) -> None:
     """Under the entry lock: graves of ours whose owner is gone, and the `.incomplete`
     folder of a dead `datasets` builder. datasets' own builder lock (a flock) proves
     nobody on this host is writing it; with site.lock=soft that lock may not hold
     across nodes, so there the folder must also be older than lock_stale_s."""
-    for gone in locks.clean_leftovers(hf_dir.parent, f".{hf_dir.name}.stale-", req.lock_stale_s):
+    for gone in locks.clean_leftovers(hf_dir.parent, f".{hf_dir.name}.stale-", lock_stale_s):
         notes.append(f"removed {gone} (left by a builder that is gone)")
     incomplete = Path(f"{hf_dir}.incomplete")
     if not incomplete.is_dir():
@@ -218,31 +193,14 @@ def _clean_hf_leftovers(req: BuildRequest, hf_dir: Path, notes: List[str]) -> No
 
     try:
         with FileLock(f"{hf_dir}_builder.lock", timeout=0):
-            if req.lock_kind == "soft":
+            if lock_kind == "soft":
                 newest = max([incomplete.stat().st_mtime] + [p.stat().st_mtime for p in incomplete.rglob("*")])
-                if time.time() - newest <= req.lock_stale_s:
+                if time.time() - newest <= lock_stale_s:
                     return
             shutil.rmtree(incomplete)
             notes.append(f"removed {incomplete} (left by a datasets builder that is gone)")
     except (Timeout, OSError):
         return  # a live builder holds it, or it vanished: leave it alone
-
-
-def _build_inspect(req: BuildRequest, ds, notes: List[str]) -> Layer:
-    target = inspect_folder(req.roots, req.call, req.versions.get("inspect_ai") or "0")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for gone in locks.clean_leftovers(target.parent, f".{target.name}.", req.lock_stale_s):
-        notes.append(f"removed {gone} (left by a builder that is gone)")
-    tmp = target.with_name(f".{target.name}.tmp-{locks.owner_tag()}")
-    try:
-        ds.save_to_disk(str(tmp))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave half a folder behind
-        raise
-    if target.exists():
-        notes.append(f"replaced inspect cache {target}")
-    publish_folder(tmp, target)
-    return snapshot_layer(target)
 
 
 def _fingerprint_while_importing(path: str, previous: Optional[Fingerprint]) -> Fingerprint:
@@ -272,59 +230,64 @@ def _fingerprint_while_importing(path: str, previous: Optional[Fingerprint]) -> 
     return box["fp"]
 
 
-def build_entry(req: BuildRequest) -> BuildOutcome:
-    """Build (or confirm) one entry under its lock; raises SourceError on failure."""
+def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:
+    """Build (or confirm) one entry under its lock and return its new record (status,
+    rows, layers, source, seconds, notes); raises SourceError / LockTimeout on failure."""
     t0 = time.perf_counter()
-    if req.umask is not None:
-        os.umask(req.umask)
-    _set_job_env(req.job_env)
-    path = req.call.data_files
-    before = _fingerprint_while_importing(path, req.current if req.current and req.current.sha256 else req.previous)
-    store = state_dir(req.roots)
-    key = record_key(req.call, req.consumer, req.versions)
-    record_path = store / "entries" / f"{key}.json"
+    if s.umask is not None:
+        os.umask(s.umask)
+    _set_job_env(s.job_env)
+    call = record.call
+    previous = record.previous.source if record.previous else None
+    current = record.source if record.source and record.source.sha256 else previous
+    before = _fingerprint_while_importing(call.data_files, current)
+    key = record_key(call, s.consumer, s.versions)
     try:
-        lock = locks.hold(store / "locks" / f"{key}.lock", req.lock_kind, req.lock_timeout_s, req.lock_stale_s)
+        lock = locks.hold(locks_dir(s.roots) / f"{key}.lock", s.lock_kind, s.lock_timeout_s, s.lock_stale_s)
         lock.__enter__()
     except LockTimeout as exc:
-        raise LockTimeout(f"{req.call.describe()} (not built: {exc})") from None
+        raise LockTimeout(f"{call.describe()} (not built: {exc})") from None
     try:
-        return _build_locked(req, before, record_path, t0)
+        return _build_locked(record, s, before, records_dir(s.roots) / f"{key}.json", t0)
     finally:
         lock.__exit__(None, None, None)
 
 
-def _build_locked(req: BuildRequest, before: Fingerprint, record_path: Path, t0: float) -> BuildOutcome:
-    path = req.call.data_files
+def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, record_path: Path,
+                  t0: float) -> EntryRecord:
+    call = record.call
+    path = call.data_files
+    plugin = consumers.get(s.consumer)
     notes: List[str] = []
-    for gone in locks.clean_leftovers(record_path.parent, f".{record_path.name}.tmp-", req.lock_stale_s):
+    for gone in locks.clean_leftovers(record_path.parent, f".{record_path.name}.tmp-", s.lock_stale_s):
         notes.append(f"removed {gone} (left by an agent that is gone)")
-    record = _read_record(record_path)
-    if not req.force and record_still_valid(record, before, req.consumer):
-        assert record is not None
-        return BuildOutcome("unchanged", int(record["rows"]),
-                            {k: Layer.from_json(v) for k, v in record["layers"].items()},
-                            before, time.perf_counter() - t0, ["built by another agent"])
+    shared_doc = _read_record(record_path)
+    shared = EntryRecord.parse(shared_doc) if shared_doc else None
+    if (not s.force and shared is not None
+            and assess(shared, before, plugin.layers, plugin.expected(s.roots, call, s.versions)) is None):
+        return replace_fields(record, status=Status.UNCHANGED, rows=shared.rows, layers=shared.layers,
+                              source=before, seconds=time.perf_counter() - t0, by_other_agent=True,
+                              notes=notes + ["built by another agent"])
     # The same HF key with other content: the HF folder must be replaced, not reused.
-    old = Fingerprint.from_json(record["source"]) if record and "source" in record else req.previous
+    previous = record.previous.source if record.previous else None
+    old = shared.source if shared is not None and shared.source is not None else previous
     content_moved = old is not None and old.sha256 != before.sha256
-    replace = req.force or (content_moved and old is not None and old.mtime_ns == before.mtime_ns)
-    if record is None and req.previous is None:
-        replace = replace or _older_than_source(req, before)
+    replace = s.force or (content_moved and old is not None and old.mtime_ns == before.mtime_ns)
+    if shared is None and previous is None:
+        replace = replace or _older_than_source(call, before)
     try:
-        ds, hf_folder = _build_hf(req, replace, notes)
+        ds, hf_folder = _build_hf(call, replace, notes, s.lock_kind, s.lock_stale_s)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
-        raise SourceError(diagnose.explain(path, req.call.field, exc)) from exc
+        raise SourceError(diagnose.explain(path, call.field, exc)) from exc
     layers = {HF: snapshot_layer(hf_folder)}
     problems = layer_problems(HF, layers[HF])
     if problems:
         raise SourceError(f"{path} ({problems[0]})")
-    if req.consumer == INSPECT:
-        try:
-            layers[INSPECT] = _build_inspect(req, ds, notes)
-        except OSError as exc:
-            raise SourceError(f"{path} (writing the inspect-ai cache failed: {exc.strerror or exc}; "
-                              "nothing was published)") from exc
+    try:
+        layers.update(plugin.build_layers(call, s, ds, notes))
+    except OSError as exc:
+        raise SourceError(f"{path} (writing the {s.consumer} cache failed: {exc.strerror or exc}; "
+                          "nothing was published)") from exc
     rows = ds.num_rows
     try:
         after = fingerprint(path, before)
@@ -333,27 +296,26 @@ def _build_locked(req: BuildRequest, before: Fingerprint, record_path: Path, t0:
                           "cluster-agent again)", missing=exc.missing) from None
     if after.sha256 != before.sha256 or after.mtime_ns != before.mtime_ns:
         raise SourceError(f"{path} (changed while it was being built; run cluster-agent again)")
-    status = "rebuilt" if old is not None or replace else "built"
+    status = Status.REBUILT if old is not None or replace else Status.BUILT
+    built = replace_fields(record, status=status, rows=rows, layers=layers, source=before,
+                           seconds=time.perf_counter() - t0, notes=notes, error=None)
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(record_path, {
-        "call": req.call.__dict__, "consumer": req.consumer, "versions": req.versions,
-        "source": before.to_json(), "rows": rows,
-        "layers": {k: v.to_json() for k, v in layers.items()}, "built_at": time.time(),
-    })
-    return BuildOutcome(status, rows, layers, before, time.perf_counter() - t0, notes)
+    write_json_atomic(record_path, {**built.to_json(plugin.python(call)), "consumer": s.consumer,
+                                    "versions": s.versions, "built_at": time.time()})
+    return built
 
 
-def _leftover_folders(roots: CacheRoots, call: LoadCall, consumer: str, versions: Dict[str, Optional[str]],
-                      hf_dir: Optional[Path]) -> List[tuple]:
-    """(folder, name prefix) pairs where a dead builder of this entry may have left
-    temporary or half-deleted folders."""
-    places = []
-    if hf_dir is not None:
-        places.append((hf_dir.parent, f".{hf_dir.name}.stale-"))
-    if consumer == INSPECT:
-        target = inspect_folder(roots, call, versions.get("inspect_ai") or "0")
-        places.append((target.parent, f".{target.name}."))
-    return places
+def replace_fields(record: EntryRecord, **changes) -> EntryRecord:
+    """A copy of `record` with `changes` (the worker's answer; the planned record stays as it was)."""
+    import dataclasses
+
+    return dataclasses.replace(record, **changes)
+
+
+def write_json_atomic(path: Path, doc: dict) -> None:
+    from agent.manifest import write_text_atomic
+
+    write_text_atomic(path, json.dumps(doc, indent=1))
 
 
 def sweep_leftovers(roots: CacheRoots, call: LoadCall, consumer: str, versions: Dict[str, Optional[str]],
@@ -366,7 +328,8 @@ def sweep_leftovers(roots: CacheRoots, call: LoadCall, consumer: str, versions: 
     `listings` (folder -> names) is shared by the caller across entries: every inspect
     entry lives in the same folder, which is then listed once per run, not once per entry."""
     hf_dir = Path(layers[HF].dir) if HF in layers else None
-    places = _leftover_folders(roots, call, consumer, versions, hf_dir)
+    places = [(hf_dir.parent, f".{hf_dir.name}.stale-")] if hf_dir is not None else []
+    places += consumers.get(consumer).leftover_places(roots, call, versions)
     if listings is None:
         listings = {}
     for folder, _ in places:
@@ -378,13 +341,12 @@ def sweep_leftovers(roots: CacheRoots, call: LoadCall, consumer: str, versions: 
     key = record_key(call, consumer, versions)
     notes: List[str] = []
     try:
-        with locks.hold(state_dir(roots) / "locks" / f"{key}.lock", lock_kind, 1.0, lock_stale_s):
+        with locks.hold(locks_dir(roots) / f"{key}.lock", lock_kind, 1.0, lock_stale_s):
             for folder, prefix in places:
                 for gone in locks.clean_leftovers(folder, prefix, lock_stale_s):
                     notes.append(f"removed {gone} (left by a builder that is gone)")
             if hf_dir is not None:
-                req = BuildRequest(call, consumer, roots, {}, versions, None, lock_kind, 1.0, lock_stale_s)
-                _clean_hf_leftovers(req, hf_dir, notes)
+                _clean_hf_leftovers(hf_dir, notes, lock_kind, lock_stale_s)
     except LockTimeout:
         return []  # someone is building it right now; they clean up
     return notes
@@ -397,13 +359,13 @@ def _listdir(folder: Path) -> List[str]:
         return []
 
 
-def _older_than_source(req: BuildRequest, source: Fingerprint) -> bool:
+def _older_than_source(call: LoadCall, source: Fingerprint) -> bool:
     """With no record at all: an existing HF folder written before the source's last
     change (ctime) may hold old rows (e.g. the file was replaced with `cp -p`)."""
     import datasets
 
     with contextlib.suppress(Exception):
-        folder = Path(datasets.load_dataset_builder(req.call.builder, **req.call.kwargs()).cache_dir)
+        folder = Path(datasets.load_dataset_builder(call.builder, **call.kwargs()).cache_dir)
         info = folder / "dataset_info.json"
         if info.exists():
             return info.stat().st_mtime_ns < source.ctime_ns

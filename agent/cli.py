@@ -108,9 +108,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         cfg = config.load(overrides)  # Hydra compose, or its memo when nothing changed
         if cfg.action.name == "check":
-            from agent.run import resolve_paths
+            from agent import paths
 
-            return gate.emit(gate.check(resolve_paths(cfg).manifest, cfg.task), cfg.output.name)
+            where = paths.for_config(cfg)
+            # the job's consumer when the command line names one, else the manifest's
+            named = any(a.split("=", 1)[0].lstrip("+") in ("consumer", "consumer.kind") for a in overrides)
+            result = gate.check(where.manifest, cfg.task, consumer=cfg.consumer.kind.name if named else None)
+            return gate.emit(result, cfg.output.name, log_file=where.log_file)
         if cfg.launcher.kind.name == "slurm" and cfg.action.name == "prebuild":
             from agent.launcher import submit_prebuild
 
@@ -130,8 +134,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run_logged(cfg) -> int:
     from agent import logs, run
+    from agent import paths as locations
 
-    paths = run.resolve_paths(cfg)
+    paths = locations.for_config(cfg)
     log_file = None
     if cfg.action.name == "prebuild":
         run.apply_umask(cfg.site.umask)  # before the log file is created

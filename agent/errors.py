@@ -49,6 +49,14 @@ class ManifestError(AgentError):
 
     exit_code = EXIT_GATE
 
+    def __init__(self, message: str, newer_schema: bool = False) -> None:
+        super().__init__(message)
+        self.newer_schema = newer_schema  # written by a newer cluster-agent: never overwrite it
+
+
+class LaunchError(AgentError):
+    """sbatch is missing or refused the job, or a dependency can never be satisfied."""
+
 
 class GateRefused(AgentError):
     """The launch gate found the caches not ready for this job."""

@@ -10,33 +10,35 @@ with the manifest's. Exit 0 = go, 3 = refused with one line per reason.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO
 
-from agent.errors import EXIT_GATE, EXIT_PROCEED, EXIT_USAGE, ManifestError, SourceError
-from agent.fingerprint import Fingerprint, fingerprint
-from agent.layers import HF, INSPECT, Layer, layer_problems
-from agent.manifest import READY, read
+from agent import consumers
+from agent.entry import EntryRecord, assess
+from agent.errors import EXIT_GATE, EXIT_PROCEED, EXIT_USAGE, AgentError, ManifestError, SourceError
+from agent.fingerprint import fingerprint
+from agent.layers import CacheRoots
+from agent.manifest import context, context_change, entry_context, read
 
-# cache layers each consumer reads; the versions whose change moves its cache keys
-_LAYERS = {"inspect": (HF, INSPECT), "datasets": (HF,)}
-_KEYING = {"inspect": ("datasets", "inspect_ai"), "datasets": ("datasets",)}
-_FAST_KEYS = {"action", "experiment", "manifest", "task", "output", "verbose"}
+_FAST_KEYS = {"action", "experiment", "manifest", "task", "output", "verbose", "consumer"}
+_AGAIN = "run cluster-agent again"
 
 
 def _versions() -> Dict[str, Optional[str]]:
-    from agent.versions import versions  # dist-info lookup: no importlib.metadata import
+    from agent.versions import KEYING_LIBRARIES, versions  # dist-info lookup: no importlib.metadata import
 
-    return versions(("datasets", "pyarrow", "inspect_ai"))
+    return versions(KEYING_LIBRARIES)
 
 
-def check(manifest_path: Path, task: Optional[str] = None,
-          versions: Optional[Dict[str, Optional[str]]] = None) -> Dict[str, Any]:
-    """{'ok': bool, 'problems': [...], 'entries': n, 'env': {...}} for the whole manifest or one task."""
+def check(manifest_path: Path, task: Optional[str] = None, versions: Optional[Dict[str, Optional[str]]] = None,
+          consumer: Optional[str] = None) -> Dict[str, Any]:
+    """{'ok': bool, 'problems': [...], 'entries': n, 'env': {...}} for the whole manifest or one task.
+
+    `consumer`: how the job loads its data (the job's own word; without it, the
+    manifest's consumer). A manifest built for a consumer whose layers do not cover the
+    job's is refused: that job would write the missing layer itself, unlocked."""
     try:
         doc = read(manifest_path)
     except ManifestError as exc:
@@ -44,12 +46,21 @@ def check(manifest_path: Path, task: Optional[str] = None,
     if doc is None:
         return _refused(manifest_path, task, [
             f"no manifest at {manifest_path}: run cluster-agent (prebuild) for this experiment first"])
-    consumer = doc.get("consumer", "inspect")
+    built_for = consumers.get(doc.get("consumer") or "inspect")
+    try:
+        job = consumers.get(consumer) if consumer else built_for
+    except AgentError as exc:
+        return _refused(manifest_path, task, [str(exc)])
     problems: List[str] = []
     if doc.get("decision") != "proceed":
-        problems.append(f"the pre-build decided '{doc.get('decision')}': fix the datasets it reported and run cluster-agent again")
+        problems.append(f"the pre-build decided '{doc.get('decision')}': fix the datasets it reported and {_AGAIN}")
+    missing_layers = [layer for layer in job.layers if layer not in built_for.layers]
+    if missing_layers:
+        problems.append(f"manifest {manifest_path} was built for consumer={built_for.name}, but this job is "
+                        f"consumer={job.name}: its {', '.join(missing_layers)} cache was not pre-built; run "
+                        f"cluster-agent consumer={job.name}")
     installed = versions if versions is not None else _versions()
-    for lib in _KEYING.get(consumer, ("datasets",)):
+    for lib in job.keying:
         built_with, here = doc["versions"].get(lib), installed.get(lib)
         if built_with != here:
             problems.append(
@@ -61,71 +72,84 @@ def check(manifest_path: Path, task: Optional[str] = None,
         if not entries:
             names = sorted({t for e in doc["entries"] for t in e.get("tasks", [])})
             problems.append(f"task '{task}' is not in manifest {manifest_path}; tasks: {', '.join(names)}")
-    for entry in entries:
-        problems += _entry_problems(entry, consumer)
+    env = doc.get("env", {})
+    roots = _job_roots(env)
+    if not missing_layers:
+        for entry in entries:
+            problems += _entry_problems(doc, entry, job, roots, installed)
     return {"ok": not problems, "manifest": str(manifest_path), "task": task, "entries": len(entries),
-            "problems": problems, "env": doc.get("env", {})}
+            "problems": problems, "env": env}
+
+
+def _job_roots(env: Dict[str, str]) -> CacheRoots:
+    """The cache roots the manifest's environment points a job at."""
+    from agent.layers import resolve_roots
+
+    return resolve_roots(None, None, env)
 
 
 def _refused(manifest_path: Path, task: Optional[str], problems: List[str]) -> Dict[str, Any]:
     return {"ok": False, "manifest": str(manifest_path), "task": task, "entries": 0, "problems": problems, "env": {}}
 
 
-def _entry_problems(entry: Dict[str, Any], consumer: str) -> List[str]:
+def _entry_problems(doc: Dict[str, Any], entry: Dict[str, Any], job: Any, roots: CacheRoots,
+                    installed: Dict[str, Optional[str]]) -> List[str]:
     path = entry["call"]["data_files"]
-    if entry["status"] not in READY:
-        return [f"{path} is {entry['status']} in the manifest ({entry.get('error') or 'no cache'}); fix it and run cluster-agent again"]
+    ctx = entry_context(doc, entry)
+    if ctx != context(doc):
+        return [f"{path} was pre-built for another context ({'; '.join(context_change(ctx, context(doc)))}) and "
+                f"kept by a narrowed run; run cluster-agent for its tasks ({', '.join(entry.get('tasks', []))})"]
+    record = EntryRecord.parse(entry)
+    if record is None:
+        return [f"{path}: manifest entry is malformed (edited by hand?); {_AGAIN}"]
+    if record.status is not None and record.status.value == "missing":
+        return [f"{path} did not exist when the pre-build ran ({record.error or 'no such file'}); "
+                f"restore it and {_AGAIN}"]
+    if record.status is None or not record.status.ready:
+        return [f"{path} is {record.status} in the manifest ({record.error or 'no cache'}); fix it and {_AGAIN}"]
+    if record.source is None:
+        return [f"{path}: manifest entry has no usable source fingerprint (edited by hand?); {_AGAIN}"]
     try:
-        recorded = Fingerprint.from_json(entry["source"])
-        now = fingerprint(path, recorded)
+        now = fingerprint(path, record.source)
     except SourceError as exc:
-        return [f"{exc} since the pre-build; restore it or run cluster-agent again"]
-    except (KeyError, TypeError, ValueError):
-        return [f"{path}: manifest entry has no usable source fingerprint (edited by hand?); run cluster-agent again"]
-    if now.sha256 != recorded.sha256:
-        return [f"{path} changed since the pre-build (content hash differs): its caches hold the old rows; run cluster-agent again"]
-    if now.mtime_ns != recorded.mtime_ns and consumer == "datasets":
-        return [f"{path} has a new mtime since the pre-build: datasets will look under a new cache key; run cluster-agent again"]
-    problems = []
-    for kind in _LAYERS.get(consumer, (HF,)):
-        raw = (entry.get("layers") or {}).get(kind)
-        if raw is None:
-            problems.append(f"{path}: no {kind} cache recorded; run cluster-agent again")
-            continue
-        try:
-            problems += [f"{p}; run cluster-agent again to repair it" for p in layer_problems(kind, Layer.from_json(raw))]
-        except (KeyError, TypeError, ValueError, AttributeError):
-            problems.append(f"{path}: {kind} layer record is malformed (edited by hand?); run cluster-agent again")
-    return problems
+        return [f"{exc} since the pre-build; restore it or {_AGAIN}"]
+    try:
+        reason = assess(record, now, job.layers, job.expected(roots, record.call, installed))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return [f"{path}: layer record is malformed (edited by hand?); {_AGAIN}"]
+    if reason is None:
+        return []
+    if reason.startswith(("changed since", "has a new mtime")):
+        return [f"{path} {reason}; {_AGAIN}"]
+    return [f"{reason}; {_AGAIN} to repair it" if "cache" in reason else f"{path}: {reason}; {_AGAIN}"]
 
 
-def _line(event: str, message: str) -> str:
-    return f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {event}: {message}\n"
+def emit(result: Dict[str, Any], output: str, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,
+         log_file: Optional[Path] = None) -> int:
+    """Print the gate's verdict (and append its lines to the experiment's log file)."""
+    from agent.logs import write_line  # stdlib only at import
 
-
-def emit(result: Dict[str, Any], output: str, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
     scope = f"task {result['task']}" if result["task"] else "all tasks"
     if output == "json":
         stdout.write(json.dumps({"gate": "ok" if result["ok"] else "refused", **result}) + "\n")
     if result["ok"]:
-        stderr.write(_line("GATE_OK", f"{result['entries']} dataset(s) ready for {scope} ({result['manifest']})"))
+        write_line("GATE_OK", f"{result['entries']} dataset(s) ready for {scope} ({result['manifest']})", log_file, stderr)
         if output == "shell":
             stdout.write("".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in result["env"].items()))
         return EXIT_PROCEED
     for problem in result["problems"]:
-        stderr.write(_line("GATE_REFUSED", problem))
+        write_line("GATE_REFUSED", problem, log_file, stderr)
     return EXIT_GATE
 
 
-def default_manifest(experiment: Optional[str]) -> Path:
-    from agent.config import EXAMPLE_SUMMARY  # stdlib-only module level; no Hydra import
-
-    summary = Path(os.path.abspath(os.path.expanduser(experiment))) if experiment else EXAMPLE_SUMMARY
-    return summary.parent / ".cluster-agent" / "manifest.json"
-
-
 def fast_args(argv: List[str]) -> Optional[Dict[str, str]]:
-    """`action=check` with only gate keys: handled without composing the Hydra config."""
+    """`action=check` with only gate keys: handled without composing the Hydra config.
+    Anything that could move the manifest (site=, site.state_dir=, a personal
+    conf/user/default.yaml) takes the full path, which resolves it through agent.paths."""
+    from agent.config import CONF_DIR  # stdlib-only module level; no Hydra import
+
+    if (CONF_DIR / "user" / "default.yaml").exists():
+        return None
     pairs = {}
     for item in argv:
         if "=" not in item or item.startswith(("-", "+", "~")):
@@ -141,26 +165,23 @@ def fast_args(argv: List[str]) -> Optional[Dict[str, str]]:
     return pairs
 
 
-def main_fast(pairs: Dict[str, str]) -> int:
-    manifest = pairs.get("manifest")
-    if manifest in ("", "null"):
-        manifest = None
-    if manifest:
-        from agent.config import inside  # stdlib at module level; no Hydra import
-        from agent.errors import ConfigError
+def _given(pairs: Dict[str, str], key: str) -> Optional[str]:
+    value = pairs.get(key)
+    return None if value in (None, "", "null") else value
 
-        try:
-            path = inside(default_manifest(pairs.get("experiment")).parent.parent, manifest, "manifest")
-        except ConfigError as exc:
-            sys.stderr.write(f"cluster-agent: error: {exc}\n")
-            return EXIT_USAGE
-    else:
-        path = default_manifest(pairs.get("experiment"))
-    task = pairs.get("task") or None
-    if task == "null":
-        task = None
+
+def main_fast(pairs: Dict[str, str]) -> int:
+    from agent import paths
+    from agent.errors import ConfigError
+
     try:
-        return emit(check(path, task), pairs.get("output", "text"))
+        where = paths.resolve(_given(pairs, "experiment"), manifest=_given(pairs, "manifest"))
+    except ConfigError as exc:
+        sys.stderr.write(f"cluster-agent: error: {exc}\n")
+        return EXIT_USAGE
+    try:
+        result = check(where.manifest, _given(pairs, "task"), consumer=_given(pairs, "consumer"))
+        return emit(result, pairs.get("output", "text"), log_file=where.log_file)
     except OSError as exc:  # pragma: no cover - e.g. stdout closed
         sys.stderr.write(f"cluster-agent: error: {exc}\n")
         return EXIT_USAGE

@@ -28,18 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
-from agent.config import AgentConfig, SiteConfig, _bundled, expand
-from agent.errors import EXIT_PROCEED, AgentError, SummaryError
+from agent.config import AgentConfig, SiteConfig, _bundled
+from agent.errors import EXIT_PROCEED, LaunchError, SummaryError  # noqa: F401 - LaunchError re-exported
 
 RECIPES = _bundled("recipes")
 PREBUILD_TEMPLATE = "prebuild_job.sbatch"
 EVAL_TEMPLATE = "eval_job.sbatch"
 # scontrol job states after which an afterok dependency can never be satisfied
 _DEAD_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
-
-
-class LaunchError(AgentError):
-    """sbatch is missing or refused the job, or a dependency can never be satisfied."""
 
 
 class _Template(string.Template):
@@ -77,15 +73,11 @@ def setup_block(site: SiteConfig) -> str:
     return "\n".join(site.slurm.setup)
 
 
-def state_dir(cfg: AgentConfig, summary: Path) -> Path:
-    return expand(cfg.site.state_dir) or summary.parent
-
-
 def job_folder(cfg: AgentConfig) -> Path:
     """Where rendered scripts and job output files go: launcher.folder or <state dir>/logs/slurm."""
-    from agent.run import resolve_paths
+    from agent import paths
 
-    return expand(cfg.launcher.folder) or state_dir(cfg, resolve_paths(cfg).summary) / "logs" / "slurm"
+    return paths.for_config(cfg).job_folder
 
 
 def write_script(folder: Path, stem: str, text: str) -> Path:
@@ -112,10 +104,6 @@ def sbatch(script: Path, cwd: Optional[Path] = None) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
-def _line(event: str, message: str) -> str:
-    return f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {event}: {message}\n"
-
-
 # --- the pre-build as a job ---------------------------------------------------------------
 
 
@@ -133,14 +121,11 @@ def job_args(argv: Sequence[str], entry: bool = False) -> str:
 
 def read_summary(cfg: AgentConfig) -> Any:
     """The experiment summary as the pre-build reads it (eval_condition folders included)."""
-    from agent.run import resolve_paths
+    from agent import paths
     from agent.summary import read_summary as read
 
-    summary_path = resolve_paths(cfg).summary
-    conditions_dir = expand(cfg.conditions.dir) if cfg.conditions.dir else None
-    if conditions_dir is not None and not os.path.isabs(cfg.conditions.dir or ""):
-        conditions_dir = summary_path.parent / str(cfg.conditions.dir)
-    return read(summary_path, conditions_dir, cfg.conditions.pattern)
+    summary_path = paths.for_config(cfg).summary
+    return read(summary_path, paths.conditions_dir(cfg, summary_path), cfg.conditions.pattern)
 
 
 def plan_size(cfg: AgentConfig) -> Tuple[Path, int]:
@@ -194,8 +179,11 @@ def submit_prebuild(cfg: AgentConfig, argv: Sequence[str], stdout: TextIO = sys.
     job_id = submitted[-1]["job_id"]
     how = (f"array job {submitted[0]['job_id']} (one task per dataset, {n_entries}) then job {job_id} "
            "(writes the manifest)" if len(submitted) > 1 else f"job {job_id} ({n_entries} datasets)")
-    stderr.write(_line("PREBUILD_SUBMITTED", f"{how}; output in {folder}; chain the eval jobs on it: "
-                                             f"recipes/submit.py --after {job_id}"))
+    from agent import paths
+    from agent.logs import write_line
+
+    write_line("PREBUILD_SUBMITTED", f"{how}; output in {folder}; chain the eval jobs on it: "
+               f"recipes/submit.py --after {job_id}", paths.for_config(cfg).log_file, stderr)
     if cfg.output.name == "json":
         stdout.write(json.dumps({"job_id": job_id, "array_job_id": submitted[0]["job_id"] if len(submitted) > 1 else None,
                                  "entries": n_entries, "folder": str(folder), "jobs": submitted}) + "\n")
@@ -235,18 +223,16 @@ def _matrix(raw: Any, path: Path, names: List[str]) -> Optional[List[Tuple[Optio
 
 def default_command(consumer: str, model: Optional[str]) -> str:
     """The consumer step when --command is not given."""
-    if consumer == "inspect":
-        if not model:
-            raise LaunchError("consumer=inspect: pass --model NAME for `inspect eval` (e.g. vllm/<path>), "
-                              "or --command TEMPLATE")
-        return "inspect eval {script} --model {model} -T data_files={data_files} {field_arg}"
-    return "python -c {python_call}"
+    from agent import consumers
+
+    return consumers.get(consumer).eval_command(model)
 
 
 def _python_call(call: Any) -> str:
     """datasets.load_dataset(...) with double-quoted literals (it goes inside a '...' shell word)."""
-    args = [json.dumps(call.builder)] + [f"{k}={json.dumps(v)}" for k, v in call.kwargs().items()]
-    return f"datasets.load_dataset({', '.join(args + [f'split={json.dumps(call.split)}'])})"
+    from agent import consumers
+
+    return consumers.get("datasets").python(call, quote=json.dumps)
 
 
 def eval_jobs(cfg: AgentConfig, command: Optional[str] = None, model: Optional[str] = None,
@@ -254,10 +240,10 @@ def eval_jobs(cfg: AgentConfig, command: Optional[str] = None, model: Optional[s
     """Every eval job of the experiment (matrix rows x tasks, else one per task), in order."""
     import yaml
 
+    from agent import paths as locations
     from agent.plan import make_plan
-    from agent.run import resolve_paths
 
-    paths = resolve_paths(cfg)
+    paths = locations.for_config(cfg)
     summary = read_summary(cfg)
     entries = make_plan(summary, cfg.consumer.split, cfg.consumer.default_field)
     call_of = {task: entry.call for entry in entries for task in entry.tasks}
@@ -307,6 +293,7 @@ def render_eval(cfg: AgentConfig, manifest: Path, jobs: List[EvalJob], folder: P
     name = job_name or f"eval-{cfg.site.name}"
     return render(
         EVAL_TEMPLATE, site=cfg.site.name, setup=setup_block(cfg.site), manifest=shlex.quote(str(manifest)),
+        consumer=cfg.consumer.kind.name,
         tasks="\n".join(f"    {shlex.quote(j.task)}  # {i}{' ' + j.run if j.run else ''}" for i, j in enumerate(jobs)),
         commands="\n".join(f"        {i}) {j.command} ;;" for i, j in enumerate(jobs)),
         directives=directives(cfg.site, job_name=name, output=str(folder / "eval-%A_%a.out"), chdir=str(cwd),

@@ -15,10 +15,11 @@ import string
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Mapping, Optional
 
-from agent.plan import LoadCall
+from agent.entry import REQUIRED, Layer, LoadCall, layer_problems  # noqa: F401 - re-exported
 
+# layer names (the keys of an entry's `layers`), not consumer names: see agent.consumers
 HF = "hf"
 INSPECT = "inspect"
 
@@ -33,18 +34,6 @@ class CacheRoots:
     @property
     def inspect(self) -> Path:
         return self.xdg / "inspect_ai" / "hf_datasets"
-
-    def job_env(self, consumer: str, extra: Mapping[str, str]) -> Dict[str, str]:
-        """What each job must export to look where the pre-build wrote (DESIGN §5)."""
-        env = {
-            "HF_DATASETS_CACHE": str(self.hf),
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-        }
-        if consumer == INSPECT:
-            env["XDG_CACHE_HOME"] = str(self.xdg)
-        env.update({k: str(v) for k, v in extra.items()})
-        return env
 
 
 def resolve_roots(hf_cache: Optional[Path], xdg_cache_home: Optional[Path], environ: Mapping[str, str]) -> CacheRoots:
@@ -110,25 +99,6 @@ def inspect_folder(roots: CacheRoots, call: LoadCall, inspect_version: str) -> P
 
 # --- what a whole layer looks like ------------------------------------------------------
 
-# The files without which each layer is broken (and poisons every later job).
-REQUIRED = {
-    HF: ("dataset_info.json",),
-    INSPECT: ("state.json", "dataset_info.json"),
-}
-
-
-@dataclass
-class Layer:
-    dir: str
-    files: Dict[str, int]  # file name -> size in bytes
-
-    def to_json(self) -> dict:
-        return {"dir": self.dir, "files": dict(self.files)}
-
-    @staticmethod
-    def from_json(doc: dict) -> "Layer":
-        return Layer(str(doc["dir"]), {str(k): int(v) for k, v in doc["files"].items()})
-
 
 def snapshot_layer(folder: Path) -> Layer:
     """Record a freshly built layer: every regular file with its size."""
@@ -137,25 +107,3 @@ def snapshot_layer(folder: Path) -> Layer:
         if entry.is_file(follow_symlinks=False):
             files[entry.name] = entry.stat().st_size
     return Layer(str(folder), files)
-
-
-def layer_problems(kind: str, layer: Layer) -> List[str]:
-    """Why the layer on disk is not the one recorded: missing folder, files, truncation."""
-    try:
-        present = {e.name: e.stat().st_size for e in os.scandir(layer.dir) if e.is_file()}
-    except FileNotFoundError:
-        return [f"{kind} cache folder {layer.dir} is gone"]
-    except OSError as exc:
-        return [f"{kind} cache folder {layer.dir} unreadable ({exc.strerror})"]
-    problems = []
-    for name in REQUIRED[kind]:
-        if name not in present:
-            problems.append(f"{kind} cache {layer.dir} lacks {name}")
-    if not any(n.endswith(".arrow") for n in present):
-        problems.append(f"{kind} cache {layer.dir} has no Arrow file")
-    for name, size in layer.files.items():
-        if name not in present:
-            problems.append(f"{kind} cache file {name} missing in {layer.dir}")
-        elif present[name] != size:
-            problems.append(f"{kind} cache file {layer.dir}/{name} is {present[name]} bytes, recorded {size} (truncated or rewritten)")
-    return problems

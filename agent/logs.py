@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TextIO
 
-from loguru import logger
+# loguru is imported where it is used: the fast gate uses `line`/`write_line` only and
+# must not pay for it
 
 FORMAT = "[{time:YYYY-MM-DD HH:mm:ss}] {extra[event]}: {message}"
 
 
 class _Intercept(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
+        from loguru import logger
+
         event = record.name.split(".")[0].upper() or "LOG"
         try:
             level = logger.level(record.levelname).name
@@ -29,6 +33,8 @@ class _Intercept(logging.Handler):
 
 def setup(log_file: Optional[Path], verbose: bool, write: Optional[Callable[[str], None]] = None) -> None:
     """stderr (or `write`, e.g. a progress bar's writer) plus the log file."""
+    from loguru import logger
+
     logger.remove()
     logger.configure(extra={"event": "LOG"})
     level = "DEBUG" if verbose else "INFO"
@@ -43,4 +49,25 @@ def setup(log_file: Optional[Path], verbose: bool, write: Optional[Callable[[str
 
 
 def event(name: str, message: str, level: str = "INFO") -> None:
+    from loguru import logger
+
     logger.bind(event=name).log(level, message)
+
+
+def line(name: str, message: str) -> str:
+    """One event line in FORMAT, for the processes that must not import loguru (the fast
+    gate at the start of every job, the launcher printing a job id)."""
+    return f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {name}: {message}\n"
+
+
+def write_line(name: str, message: str, log_file: Optional[Path], stderr: TextIO = sys.stderr) -> None:
+    """An event line on stderr and appended to the experiment's log file, if its folder
+    exists (a gate never creates folders; a write failure is not the job's problem)."""
+    text = line(name, message)
+    stderr.write(text)
+    if log_file is not None and log_file.parent.is_dir():
+        try:
+            with open(log_file, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError:
+            pass

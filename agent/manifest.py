@@ -15,11 +15,17 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.errors import ManifestError
+from agent.entry import READY as _READY
+from agent.entry import Status
+from agent.errors import ConfigError, ManifestError
 
 SCHEMA_VERSION = 1
-READY = ("built", "unchanged", "rebuilt")
-STATUSES = READY + ("missing", "failed")
+READY = tuple(s.value for s in _READY)
+STATUSES = tuple(s.value for s in Status)
+# an entry kept by a narrowed run (task=, entry=) from a manifest built for another
+# consumer, job environment or library versions carries that build's context here; the
+# gate refuses it until a run for the current context covers it
+CONTEXT_KEYS = ("consumer", "env", "versions")
 _ENTRY_KEYS = ("key", "call", "tasks", "status")
 
 
@@ -51,7 +57,7 @@ def validate(doc: Any, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise ManifestError(
             f"manifest {path} has schema {version}, newer than this cluster-agent's {SCHEMA_VERSION}: "
-            "upgrade cluster-agent (pip install -U cluster-agent)")
+            "upgrade cluster-agent (pip install -U cluster-agent)", newer_schema=True)
     entries = doc.get("entries")
     if not isinstance(entries, list):
         raise ManifestError(f"manifest {path}: 'entries' must be a list (edited by hand?); run cluster-agent again")
@@ -128,6 +134,97 @@ def merge(existing: Optional[Dict[str, Any]], ours: Dict[str, Any]) -> Dict[str,
     out = dict(ours, entries=merged)
     out["summary"] = count(merged)
     return out
+
+
+def document(cfg: Any, summary: Any, consumer: Any, ctx: Dict[str, Any], entries: List[Dict[str, Any]],
+             decision: str) -> Dict[str, Any]:
+    """The manifest document of one run (DESIGN §5), before the merge with what is on disk."""
+    import getpass
+    import hashlib
+    from dataclasses import asdict
+
+    from agent import __version__
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    digest = hashlib.sha256(repr(sorted(asdict(cfg).items(), key=lambda kv: kv[0])).encode()).hexdigest()[:16]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "agent_version": __version__,
+        "config_digest": digest,
+        "experiment": {"name": summary.name, "summary": str(summary.path)},
+        "site": cfg.site.name,
+        "host": socket.gethostname(),
+        "user": user,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "consumer": ctx["consumer"],
+        "env": ctx["env"],
+        "versions": ctx["versions"],
+        "entries": entries,
+        "summary": count(entries),
+        "decision": decision,
+    }
+
+
+def context(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """What the manifest's caches were built for: consumer, job environment, versions."""
+    return {k: doc.get(k) for k in CONTEXT_KEYS}
+
+
+def entry_context(doc: Dict[str, Any], entry: Dict[str, Any]) -> Dict[str, Any]:
+    return entry.get("context") or context(doc)
+
+
+def context_change(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """Which of consumer, job environment and versions differ, as short phrases."""
+    out = []
+    if old.get("consumer") != new.get("consumer"):
+        out.append(f"consumer {old.get('consumer')} -> {new.get('consumer')}")
+    old_env, new_env = old.get("env") or {}, new.get("env") or {}
+    for key in sorted(set(old_env) | set(new_env)):
+        if old_env.get(key) != new_env.get(key):
+            out.append(f"job environment {key} {old_env.get(key)} -> {new_env.get(key)}")
+    old_v, new_v = old.get("versions") or {}, new.get("versions") or {}
+    for key in sorted(set(old_v) | set(new_v)):
+        if old_v.get(key) != new_v.get(key):
+            out.append(f"{key} {old_v.get(key)} -> {new_v.get(key)}")
+    return out
+
+
+def publish(path: Path, doc: Dict[str, Any], narrowed: bool, lock_kind: str, lock_timeout_s: float,
+            lock_stale_s: float) -> Dict[str, Any]:
+    """Merge `doc` with what is on disk under the manifest lock and write it atomically.
+
+    A narrowed run (task=, entry=) keeps every other entry: as it was when built for the
+    same context, else with its own context recorded (the gate then refuses it)."""
+    from agent.locks import clean_leftovers, hold  # stdlib only, but not needed by the gate
+
+    with hold(path.with_name(path.name + ".lock"), lock_kind, lock_timeout_s, lock_stale_s):
+        # temporary manifests of agents killed while writing (only when provably gone)
+        clean_leftovers(path.parent, f".{path.name}.tmp-", lock_stale_s)
+        try:
+            existing = read(path)
+        except ManifestError:
+            existing = None
+        same = bool(existing) and context(existing) == context(doc)
+        doc = merge(existing if same else None, doc)
+        if narrowed and existing:
+            mine = {e["key"] for e in doc["entries"]}
+            for other in existing.get("entries", []):
+                if other["key"] in mine:
+                    continue
+                ctx = entry_context(existing, other)
+                doc["entries"].append(other if ctx == context(doc) else dict(other, context=ctx))
+            doc["summary"] = count(doc["entries"])
+        try:
+            write_atomic(path, doc)
+        except OSError as exc:
+            raise ConfigError(f"manifest {path} could not be written ({exc.strerror}); "
+                              "fix the folder's permissions or pass manifest=PATH") from None
+    return doc
 
 
 def count(entries: List[Dict[str, Any]]) -> Dict[str, int]:

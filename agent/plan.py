@@ -8,13 +8,11 @@ spell differently are reported as hazards.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from agent.entry import EntryRecord, LoadCall
 from agent.errors import SummaryError
 from agent.summary import Summary
 
@@ -26,49 +24,6 @@ BUILDERS = {
     ".csv": ("csv", False),
     ".parquet": ("parquet", False),
 }
-
-
-@dataclass(frozen=True)
-class LoadCall:
-    """The exact call a job makes: load_dataset(builder, data_files=..., field=..., split=...)."""
-
-    builder: str
-    data_files: str
-    field: Optional[str]
-    split: str
-
-    def kwargs(self) -> Dict[str, str]:
-        # Order matters: inspect-ai hashes str(kwargs), and jobs pass data_files then field.
-        out = {"data_files": self.data_files}
-        if self.field is not None:
-            out["field"] = self.field
-        return out
-
-    def key(self) -> str:
-        """A stable id of the call (not of any library version)."""
-        raw = json.dumps([self.builder, self.data_files, self.field, self.split])
-        return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-    def describe(self) -> str:
-        return f"{self.data_files} (field={self.field})" if self.field else self.data_files
-
-    def python(self, consumer: str) -> str:
-        """The call as a job would write it, for docs, logs and the manifest."""
-        args = [repr(self.builder)] + [f"{k}={v!r}" for k, v in self.kwargs().items()]
-        args.append(f"split={self.split!r}")
-        fn = "inspect_ai.dataset.hf_dataset" if consumer == "inspect" else "datasets.load_dataset"
-        if consumer == "inspect":
-            args[0] = f"path={args[0]}"
-        return f"{fn}({', '.join(args)})"
-
-
-@dataclass
-class Entry:
-    call: LoadCall
-    tasks: List[str]
-    source: Path  # the file to fingerprint (same string as call.data_files)
-    written: str  # the path as the summary wrote it (first task's)
-    hazards: List[str] = field(default_factory=list)
 
 
 def resolve_path(summary: Summary, written: str) -> str:
@@ -105,7 +60,7 @@ def builder_for(path: str, task_name: str) -> tuple:
     return BUILDERS[suffix]
 
 
-def make_plan(summary: Summary, split: str, default_field: str, only_task: Optional[str] = None) -> List[Entry]:
+def make_plan(summary: Summary, split: str, default_field: str, only_task: Optional[str] = None) -> List[EntryRecord]:
     """Group the summary's tasks into entries, in first-appearance order."""
     tasks = summary.tasks
     if only_task is not None:
@@ -113,7 +68,7 @@ def make_plan(summary: Summary, split: str, default_field: str, only_task: Optio
         if not tasks:
             names = ", ".join(t.name for t in summary.tasks)
             raise SummaryError(f"task={only_task}: no such task in {summary.path}; tasks: {names}")
-    entries: Dict[LoadCall, Entry] = {}
+    entries: Dict[LoadCall, EntryRecord] = {}
     for task in tasks:
         resolved = resolve_path(summary, task.dataset)
         try:
@@ -132,11 +87,11 @@ def make_plan(summary: Summary, split: str, default_field: str, only_task: Optio
         if call in entries:
             entries[call].tasks.append(task.name)
         else:
-            entries[call] = Entry(call, [task.name], Path(resolved), task.dataset, path_hazards(task.dataset, resolved))
+            entries[call] = EntryRecord(call, [task.name], task.dataset, path_hazards(task.dataset, resolved))
     return list(entries.values())
 
 
-def select_entry(entries: List[Entry], index: int, summary_path: Path) -> List[Entry]:
+def select_entry(entries: List[EntryRecord], index: int, summary_path: Path) -> List[EntryRecord]:
     """entry=N: only the N-th entry (0-based, plan order), as one task of a pre-build array runs."""
     if not 0 <= index < len(entries):
         raise SummaryError(

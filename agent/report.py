@@ -18,18 +18,27 @@ _EVENTS = {
 }
 
 
-def log_item(item: Any) -> None:
-    call = item.entry.call
+def log_item(record: Any) -> None:
+    """The entry's one line (after its verification, for a built one)."""
+    call = record.call
+    status = str(record.status)
     details = [f"field={call.field}"] if call.field else []
-    if item.status in ("built", "rebuilt"):
-        details += [f"{item.rows} rows", f"{item.seconds:.1f} s"]
-    if item.status in ("built", "rebuilt", "unchanged"):
-        event(_EVENTS[item.status], call.data_files + (f" ({', '.join(details)})" if details else ""))
-        for note in item.notes:
+    if status in ("built", "rebuilt"):
+        details += [f"{record.rows} rows", f"{record.seconds:.1f} s"]
+    if status in ("built", "rebuilt", "unchanged"):
+        event(_EVENTS[status], call.data_files + (f" ({', '.join(details)})" if details else ""))
+        for note in record.notes:
             event("CACHE_NOTE", note)
-    else:
-        # the error text already names the path: "<path> (<reason>)"
-        event(_EVENTS.get(item.status, "CACHE_FAILED"), item.error or call.data_files, "WARNING")
+        return
+    # the error text names the path: "<path> (<reason>)"; add the field (two failures of
+    # one file must not look like duplicates) and the tasks that need it
+    message = record.error or call.data_files
+    prefix = f"{call.data_files} ("
+    if call.field and message.startswith(prefix):
+        message = f"{prefix}field={call.field}: {message[len(prefix):]}"
+    tasks = ", ".join(record.tasks)
+    event(_EVENTS.get(status, "CACHE_FAILED"), f"{message}; needed by task{'s' if len(record.tasks) > 1 else ''} {tasks}",
+          "WARNING")
 
 
 class Progress:
@@ -43,9 +52,9 @@ class Progress:
             self.bar = tqdm(total=total, unit="dataset", file=sys.stderr, leave=False,
                             bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} datasets {postfix}")
 
-    def advance(self, item: Any) -> None:
+    def advance(self, record: Any) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(item.entry.call.data_files[-60:], refresh=False)
+            self.bar.set_postfix_str(record.call.data_files[-60:], refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:
@@ -60,34 +69,35 @@ def entry_json(entry: Dict[str, Any]) -> Dict[str, Any]:
             "error": entry.get("error")}
 
 
-def result(doc: Dict[str, Any], manifest_path: Path, output: str, stdout: TextIO) -> None:
+def result(doc: Dict[str, Any], counts: Dict[str, int], manifest_path: Path, output: str, stdout: TextIO) -> None:
+    """The closing JSON document or recap. `counts`: this run's entries only (a narrowed
+    run's manifest also holds entries the run never touched)."""
     if output == "json":
         stdout.write(json.dumps({
-            "decision": doc["decision"], "manifest": str(manifest_path), "summary": doc["summary"],
+            "decision": doc["decision"], "manifest": str(manifest_path), "summary": counts,
             "entries": [entry_json(e) for e in doc["entries"]]}) + "\n")
         return
-    s = doc["summary"]
+    s = counts
     stdout.write(f"{doc['decision']}: {s['built']} built, {s['unchanged']} unchanged, {s['rebuilt']} rebuilt, "
                  f"{s['missing']} missing, {s['failed']} failed -> {manifest_path}\n")
 
 
-def plan(items: List[Any], cfg: Any, paths: Any, stdout: TextIO) -> int:
+def plan(records: List[Any], consumer: Any, paths: Any, output: str, stdout: TextIO) -> int:
     """action=plan: what prebuild would do; writes nothing."""
     rows = []
-    for item in items:
-        rows.append({"source": item.entry.call.data_files, "field": item.entry.call.field,
-                     "split": item.entry.call.split, "tasks": item.entry.tasks,
-                     "action": {"build": "build", "unchanged": "skip"}.get(item.status, item.status),
-                     "reason": item.reason or item.error or "", "hazards": item.entry.hazards,
-                     "call": item.entry.call.python(cfg.consumer.kind.name)})
-    if cfg.output.name == "json":
+    for r in records:
+        status = "build" if r.needs_build else str(r.status)
+        rows.append({"source": r.call.data_files, "field": r.call.field, "split": r.call.split, "tasks": r.tasks,
+                     "action": {"unchanged": "skip"}.get(status, status),
+                     "reason": r.reason or r.error or "", "hazards": r.hazards, "call": consumer.python(r.call)})
+    if output == "json":
         stdout.write(json.dumps({"action": "plan", "manifest": str(paths.manifest),
                                  "hf_cache": str(paths.roots.hf), "inspect_cache": str(paths.roots.inspect),
                                  "entries": rows}) + "\n")
         return 0
     stdout.write(f"Plan for {paths.summary} ({len(rows)} unique datasets; nothing is written)\n")
     stdout.write(f"  HF cache:      {paths.roots.hf}\n")
-    if cfg.consumer.kind.name == "inspect":
+    if "inspect" in consumer.layers:
         stdout.write(f"  inspect cache: {paths.roots.inspect}\n")
     stdout.write(f"  manifest:      {paths.manifest}\n")
     for row in rows:

@@ -81,31 +81,16 @@ def _diff(before: Dict[str, Tuple[int, int]], after: Dict[str, Tuple[int, int]])
 
 
 def _consume(consumer: str, call: Dict[str, Any]) -> int:
-    kwargs = {"data_files": call["data_files"]}
-    if call.get("field") is not None:
-        kwargs["field"] = call["field"]
-    if consumer == "inspect":
-        from inspect_ai.dataset import Sample, hf_dataset
+    from agent import consumers
 
-        def to_sample(record: Dict[str, Any]) -> Sample:
-            return Sample(input=str(record.get("input", "")), target=str(record.get("output", "")))
-
-        return len(hf_dataset(path=call["builder"], split=call["split"], sample_fields=to_sample, **kwargs))
-    import datasets
-
-    return datasets.load_dataset(call["builder"], split=call["split"], **kwargs).num_rows
+    return consumers.get(consumer).consume(call)
 
 
 def _consumer_roots(consumer: str) -> List[str]:
     """The cache roots as the consumer in this process resolves them (job env applied)."""
-    import datasets.config
+    from agent import consumers
 
-    out = [str(datasets.config.HF_DATASETS_CACHE)]
-    if consumer == "inspect":
-        from platformdirs import user_cache_path  # what inspect_ai._util.appdirs uses
-
-        out.append(str(user_cache_path("inspect_ai") / "hf_datasets"))
-    return out
+    return consumers.get(consumer).consumer_roots()
 
 
 def probe(request: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -181,6 +166,40 @@ def verify(consumer: str, calls: List[Dict[str, Any]], roots: List[str], job_env
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def _watched(record: Any) -> List[str]:
+    """The folders whose every file verification compares: the entry's HF config folder
+    (<hf>/<builder>/<config>, holding its version folders) and its other layers' folders."""
+    out = []
+    for kind, layer in record.layers.items():
+        out.append(os.path.dirname(os.path.dirname(layer.dir)) if kind == "hf" else layer.dir)
+    return out
+
+
+def verify_records(records: List[Any], indices: List[int], settings: Any,
+                   started: "Optional[subprocess.Popen[str]]" = None) -> List[Any]:
+    """Prove records[i] for i in indices with the real consumer call (what another agent
+    built too: it was verified in *its* job environment); a failed proof fails the entry."""
+    import dataclasses
+
+    from agent.entry import Status
+    from agent.logs import event
+
+    if not indices:
+        if started is not None:
+            cancel(started)
+        return records
+    event("CACHE_VERIFY", f"Loading {len(indices)} dataset(s) with the real {settings.consumer} call in a fresh process")
+    calls = [dict(records[i].call.to_json(), rows=records[i].rows, watch=_watched(records[i])) for i in indices]
+    roots = [str(settings.roots.hf), str(settings.roots.inspect)]
+    results = verify(settings.consumer, calls, roots, settings.job_env, started=started)
+    out = list(records)
+    for i, result in zip(indices, results):
+        if not result["ok"]:
+            out[i] = dataclasses.replace(out[i], status=Status.FAILED,
+                                         error=f"{out[i].call.describe()} (verification: {result['error']})")
+    return out
+
+
 if __name__ == "__main__":
     import logging
 
@@ -188,11 +207,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 1:  # started early (see start()): import while the agent builds
         import contextlib
 
+        from agent import consumers
+
         with contextlib.suppress(Exception):  # a broken install fails in the call itself
-            if sys.argv[1] == "inspect":
-                import inspect_ai.dataset  # noqa: F401
-            else:
-                import datasets  # noqa: F401
+            consumers.get(sys.argv[1]).preload()
     raw = sys.stdin.read()
     if not raw.strip():  # cancelled: nothing to verify
         sys.exit(0)

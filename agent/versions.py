@@ -74,3 +74,15 @@ def version(name: str) -> Optional[str]:
 
 def versions(names: Iterable[str]) -> Dict[str, Optional[str]]:
     return {n: version(n) for n in names}
+
+
+KEYING_LIBRARIES = ("datasets", "pyarrow", "inspect_ai")
+
+
+def for_consumer(consumer: str) -> Dict[str, Optional[str]]:
+    """The installed versions that key the caches; ConfigError if the consumer's library is missing."""
+    from agent import consumers
+
+    out = versions(KEYING_LIBRARIES)
+    consumers.get(consumer).check_installed(out)
+    return out

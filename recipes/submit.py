@@ -56,16 +56,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             launcher.check_dependency(args.after)
         elif not (args.dry_run or args.no_check):
             for task in only or [None]:
-                result = gate.check(manifest, task)
+                result = gate.check(manifest, task, consumer=cfg.consumer.kind.name)
                 if not result["ok"]:
                     gate.emit(result, "text", stdout=sys.stderr)
                     sys.stderr.write("submit: nothing submitted; run cluster-agent (the pre-build) again, "
                                      "or chain on a pre-build job with --after JOBID\n")
                     return EXIT_GATE
         folder = launcher.job_folder(cfg)
-        from agent.run import resolve_paths
+        from agent import paths
 
-        chdir = Path(args.chdir).resolve() if args.chdir else resolve_paths(cfg).summary.parent
+        chdir = Path(args.chdir).resolve() if args.chdir else paths.for_config(cfg).summary.parent
         text = launcher.render_eval(cfg, manifest, jobs, folder, chdir, args.after, args.job_name)
         if args.dry_run:
             sys.stdout.write(text)

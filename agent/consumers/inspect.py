@@ -1,0 +1,106 @@
+"""consumer=inspect: jobs call inspect_ai.dataset.hf_dataset(path=builder, data_files=..., field=..., split=...).
+
+Two layers: the HF `datasets` cache, and inspect-ai's own ``hf_datasets`` cache, which a
+job uses if its folder merely exists (inspect-ai writes it in place with no lock, so we
+publish it whole: ``save_to_disk`` into a temporary folder, then a rename). Its folder
+name is inspect-ai's key, recomputed without importing inspect-ai (agent.layers).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from agent.consumers import HF, Consumer
+from agent.entry import Layer, LoadCall
+
+INSPECT = "inspect"  # the layer's name (the consumer shares it)
+
+
+class InspectConsumer(Consumer):
+    name = "inspect"
+    layers = (HF, INSPECT)
+    keying = ("datasets", "inspect_ai")
+    needs = ("inspect_ai", "inspect")
+    title = "HF datasets + inspect-ai"
+
+    def job_env(self, roots: Any, extra: Mapping[str, str]) -> Dict[str, str]:
+        env = {"HF_DATASETS_CACHE": str(roots.hf), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "XDG_CACHE_HOME": str(roots.xdg)}  # inspect-ai ignores HF_HOME, follows platformdirs
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def python(self, call: LoadCall, quote: Callable[[str], str] = repr) -> str:
+        args = [f"path={quote(call.builder)}"] + [f"{k}={quote(v)}" for k, v in call.kwargs().items()]
+        return f"inspect_ai.dataset.hf_dataset({', '.join(args + [f'split={quote(call.split)}'])})"
+
+    def roots(self, roots: Any) -> Dict[str, Path]:
+        return {HF: roots.hf, INSPECT: roots.inspect}
+
+    def expected(self, roots: Any, call: LoadCall, versions: Mapping[str, Optional[str]]
+                 ) -> Dict[str, Tuple[Path, Optional[Path]]]:
+        from agent.layers import inspect_folder
+
+        return {HF: (roots.hf, None),
+                INSPECT: (roots.inspect, inspect_folder(roots, call, versions.get("inspect_ai") or "0"))}
+
+    def eval_command(self, model: Optional[str]) -> str:
+        if not model:
+            from agent.errors import LaunchError
+
+            raise LaunchError("consumer=inspect: pass --model NAME for `inspect eval` (e.g. vllm/<path>), "
+                              "or --command TEMPLATE")
+        return "inspect eval {script} --model {model} -T data_files={data_files} {field_arg}"
+
+    # --- build ---------------------------------------------------------------------------
+
+    def build_layers(self, call: LoadCall, settings: Any, ds: Any, notes: List[str]) -> Dict[str, Layer]:
+        from agent import locks
+        from agent.build import publish_folder
+        from agent.layers import inspect_folder, snapshot_layer
+
+        target = inspect_folder(settings.roots, call, settings.versions.get("inspect_ai") or "0")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for gone in locks.clean_leftovers(target.parent, f".{target.name}.", settings.lock_stale_s):
+            notes.append(f"removed {gone} (left by a builder that is gone)")
+        tmp = target.with_name(f".{target.name}.tmp-{locks.owner_tag()}")
+        try:
+            ds.save_to_disk(str(tmp))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave half a folder behind
+            raise
+        if target.exists():
+            notes.append(f"replaced inspect cache {target}")
+        publish_folder(tmp, target)
+        return {INSPECT: snapshot_layer(target)}
+
+    def leftover_places(self, roots: Any, call: LoadCall, versions: Mapping[str, Optional[str]]) -> List[Tuple[Path, str]]:
+        from agent.layers import inspect_folder
+
+        target = inspect_folder(roots, call, versions.get("inspect_ai") or "0")
+        return [(target.parent, f".{target.name}.")]
+
+    # --- verify --------------------------------------------------------------------------
+
+    def preload(self) -> None:
+        import inspect_ai.dataset  # noqa: F401
+
+    def consume(self, call: Mapping[str, Any]) -> int:
+        from inspect_ai.dataset import Sample, hf_dataset
+
+        def to_sample(record: Dict[str, Any]) -> Sample:
+            return Sample(input=str(record.get("input", "")), target=str(record.get("output", "")))
+
+        kwargs = {"data_files": call["data_files"]}
+        if call.get("field") is not None:
+            kwargs["field"] = call["field"]
+        return len(hf_dataset(path=call["builder"], split=call["split"], sample_fields=to_sample, **kwargs))
+
+    def consumer_roots(self) -> List[str]:
+        from platformdirs import user_cache_path  # what inspect_ai._util.appdirs uses
+
+        return super().consumer_roots() + [str(user_cache_path("inspect_ai") / "hf_datasets")]
+
+
+CONSUMER = InspectConsumer()
