@@ -49,7 +49,6 @@ class BuildSettings:
     lock_timeout_s: float = 900.0
     lock_stale_s: float = 3600.0
     force: bool = False
-    umask: Optional[int] = None
 
 
 def record_key(call: LoadCall, consumer: str, versions: Dict[str, Optional[str]]) -> str:
@@ -234,8 +233,6 @@ def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:
     """Build (or confirm) one entry under its lock and return its new record (status,
     rows, layers, source, seconds, notes); raises SourceError / LockTimeout on failure."""
     t0 = time.perf_counter()
-    if s.umask is not None:
-        os.umask(s.umask)
     _set_job_env(s.job_env)
     call = record.call
     previous = record.previous.source if record.previous else None

@@ -139,7 +139,7 @@ def _run_logged(cfg) -> int:
     paths = locations.for_config(cfg)
     log_file = None
     if cfg.action.name == "prebuild":
-        run.apply_umask(cfg.site.umask)  # before the log file is created
+        apply_umask(cfg.site.umask)  # before the log file is created; build workers inherit it
     # Only a real run on an existing summary gets a log file: a bad experiment= path must
     # not leave logs/ folders behind (the summary error is reported by run.run).
     if cfg.action.name == "prebuild" and paths.summary.is_file():
@@ -164,6 +164,17 @@ def _run_logged(cfg) -> int:
 
     logs.setup(log_file, cfg.verbose, write)
     return run.run(cfg)
+
+
+def apply_umask(site_umask) -> None:
+    """The site's umask (e.g. 0002, group-shared); without one, the inherited umask with
+    world-write masked off: nothing the agent writes is ever world-writable. The one
+    place it is set: forked build workers and the verification process inherit it."""
+    if site_umask is not None:
+        os.umask(int(str(site_umask), 8))
+    else:
+        current = os.umask(0o022)
+        os.umask(current | 0o002)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,15 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from agent.consumers import names as _consumer_names
 from agent.errors import ConfigError
 
 # Enum with lowercase member names (one of them, `continue`, is a Python keyword), so
 # that OmegaConf accepts exactly the words a user types: policy.mode=continue.
 PolicyMode = Enum("PolicyMode", {"ask": "ask", "continue": "continue", "stop": "stop"})
 LockKind = Enum("LockKind", {"flock": "flock", "soft": "soft"})
-ConsumerKind = Enum("ConsumerKind", {"inspect": "inspect", "datasets": "datasets"})
+# one value per module of agent/consumers/: a new consumer plugin is a valid consumer.kind
+ConsumerKind = Enum("ConsumerKind", {n: n for n in _consumer_names()})
 Action = Enum("Action", {"prebuild": "prebuild", "plan": "plan", "check": "check"})
 OutputFormat = Enum("OutputFormat", {"text": "text", "json": "json", "shell": "shell"})
 LauncherKind = Enum("LauncherKind", {"local": "local", "slurm": "slurm"})

@@ -82,12 +82,11 @@ def job_folder(cfg: AgentConfig) -> Path:
 
 def write_script(folder: Path, stem: str, text: str) -> Path:
     """Written to a temporary name and renamed into place (sbatch may read it at once)."""
+    from agent.manifest import write_text_atomic
+
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sbatch"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    write_text_atomic(path, text, mode=0o755)
     return path
 
 

@@ -80,9 +80,10 @@ def write_atomic(path: Path, doc: Dict[str, Any]) -> None:
     write_text_atomic(Path(path), render(doc))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, mode: Optional[int] = None) -> None:
     """Readers see the old file or the new one, never half of it. The temporary name
-    carries its owner, so a killed writer's leftover is swept once the owner is gone."""
+    carries its owner, so a killed writer's leftover is swept once the owner is gone.
+    The one atomic writer: manifests, shared entry records, rendered sbatch scripts."""
     from agent.locks import owner_tag  # stdlib only, like this module
 
     tmp = path.with_name(f".{path.name}.tmp-{owner_tag()}")
@@ -91,6 +92,8 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -44,10 +44,10 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     if cfg.action.name == "plan":
         return report.plan(records, consumer, where, cfg.output.name, stdout)
 
-    apply_umask(cfg.site.umask)
+    # the site's umask is in force (cli.apply_umask, before the log file); forked build
+    # workers and the verifier inherit it
     settings = BuildSettings(consumer.name, where.roots, job_env, installed, cfg.site.lock.name,
-                             cfg.site.lock_timeout_s, cfg.site.lock_stale_s, cfg.force,
-                             int(str(cfg.site.umask), 8) if cfg.site.umask is not None else None)
+                             cfg.site.lock_timeout_s, cfg.site.lock_stale_s, cfg.force)
     listings: dict = {}
     records = [dataclasses.replace(r, notes=r.notes + sweep_leftovers(
         where.roots, r.call, consumer.name, installed, r.layers, settings.lock_kind, settings.lock_stale_s, listings))
@@ -97,16 +97,6 @@ def _build_and_verify(records: List[EntryRecord], cfg: AgentConfig, settings: Bu
     for i in fresh:
         report.log_item(built[i])
     return built
-
-
-def apply_umask(site_umask) -> None:
-    """The site's umask (e.g. 0002, group-shared); without one, the inherited umask with
-    world-write masked off: nothing the agent writes is ever world-writable."""
-    if site_umask is not None:
-        os.umask(int(str(site_umask), 8))
-    else:
-        current = os.umask(0o022)
-        os.umask(current | 0o002)
 
 
 def _check_writable(folder, what: str) -> None:

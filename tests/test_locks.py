@@ -247,14 +247,15 @@ def test_clean_leftovers_only_when_owner_gone(tmp_path):
 
 
 def _entry_lock(data: Path, hf_root: Path) -> Path:
-    from agent.build import record_key, state_dir
+    from agent.build import record_key
     from agent.layers import CacheRoots
+    from agent.paths import locks_dir
     from agent.plan import LoadCall
-    from agent.run import installed_versions
+    from agent.versions import for_consumer
 
     call = LoadCall("json", str(data), "test", "train")
-    key = record_key(call, "datasets", installed_versions("datasets"))
-    return state_dir(CacheRoots(hf_root, hf_root)) / "locks" / f"{key}.lock"
+    key = record_key(call, "datasets", for_consumer("datasets"))
+    return locks_dir(CacheRoots(hf_root, hf_root)) / f"{key}.lock"
 
 
 @pytest.mark.parametrize("kind", ["flock", "soft"])
