@@ -162,8 +162,8 @@ def _build_hf(call: LoadCall, replace: bool, notes: List[str], lock_kind: str, l
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    kwargs = call.kwargs()
-    builder = datasets.load_dataset_builder(call.builder, **kwargs)
+    with in_folder(call.cwd):  # a relative data_files is joined to the job's folder (part of the HF key)
+        builder = datasets.load_dataset_builder(call.builder, **named(call), **call.kwargs())
     hf_dir = Path(builder.cache_dir)
     _clean_hf_leftovers(hf_dir, notes, lock_kind, lock_stale_s)
     if hf_dir.exists():
@@ -173,9 +173,29 @@ def _build_hf(call: LoadCall, replace: bool, notes: List[str], lock_kind: str, l
         elif not hf_layer_whole(hf_dir, call.split):
             notes.append(f"repaired broken HF cache {hf_dir}")
             move_aside(hf_dir)
-    ds = datasets.load_dataset(call.builder, split=call.split, **kwargs)
+    with in_folder(call.cwd):
+        ds = datasets.load_dataset(call.builder, split=call.split, **named(call), **call.kwargs())
     folder = Path(ds.cache_files[0]["filename"]).parent if ds.cache_files else hf_dir
     return ds, folder
+
+
+@contextlib.contextmanager
+def in_folder(folder: Optional[str]):
+    """Run a call in the job's folder (when its data_files is relative), then come back."""
+    if folder is None:
+        yield
+        return
+    back = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(back)
+
+
+def named(call: LoadCall) -> Dict[str, str]:
+    """load_dataset's named arguments the job sets (name=, data_dir=, revision=)."""
+    return {k: getattr(call, k) for k in ("name", "data_dir", "revision") if getattr(call, k) is not None}
 
 
 def _clean_hf_leftovers(hf_dir: Path, notes: List[str], lock_kind: str, lock_stale_s: float) -> None:
@@ -237,7 +257,7 @@ def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:
     call = record.call
     previous = record.previous.source if record.previous else None
     current = record.source if record.source and record.source.sha256 else previous
-    before = _fingerprint_while_importing(call.data_files, current)
+    before = _fingerprint_while_importing(call.source(), current)
     key = record_key(call, s.consumer, s.versions)
     try:
         lock = locks.hold(locks_dir(s.roots) / f"{key}.lock", s.lock_kind, s.lock_timeout_s, s.lock_stale_s)
@@ -253,7 +273,7 @@ def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:
 def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, record_path: Path,
                   t0: float) -> EntryRecord:
     call = record.call
-    path = call.data_files
+    path = call.data_files  # messages name the string as the job passes it
     plugin = consumers.get(s.consumer)
     notes: List[str] = []
     for gone in locks.clean_leftovers(record_path.parent, f".{record_path.name}.tmp-", s.lock_stale_s):
@@ -275,7 +295,7 @@ def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, re
     try:
         ds, hf_folder = _build_hf(call, replace, notes, s.lock_kind, s.lock_stale_s)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
-        raise SourceError(diagnose.explain(path, call.field, exc)) from exc
+        raise SourceError(diagnose.explain(call.source(), call.field, exc).replace(call.source(), path, 1)) from exc
     layers = {HF: snapshot_layer(hf_folder)}
     problems = layer_problems(HF, layers[HF])
     if problems:
@@ -287,7 +307,7 @@ def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, re
                           "nothing was published)") from exc
     rows = ds.num_rows
     try:
-        after = fingerprint(path, before)
+        after = fingerprint(call.source(), before)
     except SourceError as exc:
         raise SourceError(f"{path} (removed or unreadable while it was being built; restore it and run "
                           "cluster-agent again)", missing=exc.missing) from None
@@ -362,7 +382,8 @@ def _older_than_source(call: LoadCall, source: Fingerprint) -> bool:
     import datasets
 
     with contextlib.suppress(Exception):
-        folder = Path(datasets.load_dataset_builder(call.builder, **call.kwargs()).cache_dir)
+        with in_folder(call.cwd):
+            folder = Path(datasets.load_dataset_builder(call.builder, **named(call), **call.kwargs()).cache_dir)
         info = folder / "dataset_info.json"
         if info.exists():
             return info.stat().st_mtime_ns < source.ctime_ns

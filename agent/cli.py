@@ -6,6 +6,7 @@ turn expected errors into one line and an exit code (DESIGN §7).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import List, Optional
@@ -110,10 +111,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if cfg.action.name == "check":
             from agent import paths
 
-            where = paths.for_config(cfg)
             # the job's consumer when the command line names one, else the manifest's
             named = any(a.split("=", 1)[0].lstrip("+") in ("consumer", "consumer.kind") for a in overrides)
-            result = gate.check(where.manifest, cfg.task, consumer=cfg.consumer.kind.name if named else None)
+            call, experiment, consumer = gate.job_call({
+                "cell": cfg.cell, "data_files": cfg.data_files, "field": cfg.field, "experiment": cfg.experiment,
+                "consumer": cfg.consumer.kind.name if named else None})
+            where = paths.for_config(dataclasses.replace(cfg, experiment=experiment))
+            result = gate.check(where.manifest, cfg.task, consumer=consumer, call=call)
             return gate.emit(result, cfg.output.name, log_file=where.log_file)
         if cfg.launcher.kind.name == "slurm" and cfg.action.name == "prebuild":
             from agent.launcher import submit_prebuild

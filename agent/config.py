@@ -128,6 +128,11 @@ class AgentConfig:
     log_file: Optional[str] = None
     # narrow plan/check to one task of the summary
     task: Optional[str] = None
+    # action=check for one job's exact call: its scaffolded cell folder, or the data_files
+    # string (and field) it passes, taken in the current folder
+    cell: Optional[str] = None
+    data_files: Optional[str] = None
+    field: Optional[str] = None
     # narrow plan/prebuild to one entry (0-based, plan order): one task of a pre-build array
     entry: Optional[int] = None
     # after building, load every entry with the real consumer in a fresh process

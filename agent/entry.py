@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple  # noqa: F401
 
 from agent.fingerprint import Fingerprint
 
@@ -45,35 +45,83 @@ READY = (Status.BUILT, Status.UNCHANGED, Status.REBUILT)
 
 @dataclass(frozen=True)
 class LoadCall:
-    """The exact call a job makes: load_dataset(builder, data_files=..., field=..., split=...)."""
+    """The exact call a job makes, nothing rewritten:
+    load_dataset(builder, name=, data_dir=, revision=, **kwargs, split=) in the folder `cwd`,
+    where kwargs are data_files, field and any literal extras *in the job's order*
+    (inspect-ai hashes str(kwargs), so the order is part of its cache key).
+
+    `data_files` is the string as the job passes it. A relative one is taken in `cwd`
+    (`datasets` joins it to the working folder for its key; inspect-ai keys on the string
+    alone). `source()` names the file, for fingerprinting and grouping only.
+    """
 
     builder: str
     data_files: str
     field: Optional[str]
     split: str
+    cwd: Optional[str] = None  # the folder the job runs its call in; None = data_files is absolute
+    name: Optional[str] = None
+    data_dir: Optional[str] = None
+    revision: Optional[str] = None
+    # literal extra kwargs the job passes to load_dataset, and the order of every kwarg
+    # (data_files, field, extras) as the job writes them; () = data_files, field, extras
+    extra: Tuple[Tuple[str, Any], ...] = ()
+    order: Tuple[str, ...] = ()
 
-    def kwargs(self) -> Dict[str, str]:
-        # Order matters: inspect-ai hashes str(kwargs), and jobs pass data_files then field.
-        out = {"data_files": self.data_files}
+    def __hash__(self) -> int:  # extras may hold lists
+        return hash(self.key())
+
+    def kwargs(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"data_files": self.data_files}
         if self.field is not None:
             out["field"] = self.field
+        out.update(self.extra)
+        if self.order:
+            return {k: out[k] for k in self.order if k in out}
         return out
 
+    def source(self) -> str:
+        """The path `datasets` opens: data_files joined to the job's folder (not normalised)."""
+        if self.cwd is None or os.path.isabs(self.data_files):
+            return self.data_files
+        return os.path.join(self.cwd, self.data_files)
+
     def key(self) -> str:
-        """A stable id of the call (not of any library version)."""
-        raw = json.dumps([self.builder, self.data_files, self.field, self.split])
-        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+        """A stable id of the call (not of any library version). The simple call keeps the
+        id earlier manifests recorded."""
+        raw: list = [self.builder, self.data_files, self.field, self.split]
+        rest = [self.cwd, self.name, self.data_dir, self.revision, [list(p) for p in self.extra], list(self.order)]
+        if any(rest):
+            raw += rest
+        return hashlib.sha256(json.dumps(raw, default=repr).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        return f"{self.data_files} (field={self.field})" if self.field else self.data_files
+        where = f" in {self.cwd}" if self.cwd and not os.path.isabs(self.data_files) else ""
+        details = [f"field={self.field}"] if self.field else []
+        details += [f"{k}={v!r}" for k, v in self.extra]
+        return f"{self.data_files}{where}" + (f" ({', '.join(details)})" if details else "")
 
     def to_json(self) -> Dict[str, Any]:
-        return {"builder": self.builder, "data_files": self.data_files, "field": self.field, "split": self.split}
+        out: Dict[str, Any] = {"builder": self.builder, "data_files": self.data_files, "field": self.field,
+                               "split": self.split}
+        for key in ("cwd", "name", "data_dir", "revision"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.extra:
+            out["extra"] = [[k, v] for k, v in self.extra]
+        if self.order:
+            out["order"] = list(self.order)
+        return out
 
     @staticmethod
     def from_json(doc: Mapping[str, Any]) -> "LoadCall":
-        return LoadCall(str(doc["builder"]), str(doc["data_files"]),
-                        None if doc.get("field") is None else str(doc["field"]), str(doc["split"]))
+        def opt(key: str) -> Optional[str]:
+            return None if doc.get(key) is None else str(doc[key])
+
+        return LoadCall(str(doc["builder"]), str(doc["data_files"]), opt("field"), str(doc["split"]),
+                        cwd=opt("cwd"), name=opt("name"), data_dir=opt("data_dir"), revision=opt("revision"),
+                        extra=tuple((str(k), v) for k, v in doc.get("extra") or ()),
+                        order=tuple(str(k) for k in doc.get("order") or ()))
 
 
 @dataclass

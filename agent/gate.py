@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO
 
 from agent import consumers
-from agent.entry import EntryRecord, assess
-from agent.errors import EXIT_GATE, EXIT_PROCEED, EXIT_USAGE, AgentError, ManifestError, SourceError
+from agent.entry import EntryRecord, LoadCall, assess
+from agent.errors import EXIT_GATE, EXIT_PROCEED, EXIT_USAGE, AgentError, ConfigError, ManifestError, SourceError
 from agent.fingerprint import fingerprint
 from agent.layers import CacheRoots
 from agent.manifest import context, context_change, entry_context, read
 
-_FAST_KEYS = {"action", "experiment", "manifest", "task", "output", "verbose", "consumer"}
+_FAST_KEYS = {"action", "experiment", "manifest", "task", "output", "verbose", "consumer", "cell", "data_files", "field"}
 _AGAIN = "run cluster-agent again"
 
 
@@ -33,12 +33,14 @@ def _versions() -> Dict[str, Optional[str]]:
 
 
 def check(manifest_path: Path, task: Optional[str] = None, versions: Optional[Dict[str, Optional[str]]] = None,
-          consumer: Optional[str] = None) -> Dict[str, Any]:
+          consumer: Optional[str] = None, call: Optional[LoadCall] = None) -> Dict[str, Any]:
     """{'ok': bool, 'problems': [...], 'entries': n, 'env': {...}} for the whole manifest or one task.
 
     `consumer`: how the job loads its data (the job's own word; without it, the
     manifest's consumer). A manifest built for a consumer whose layers do not cover the
-    job's is refused: that job would write the missing layer itself, unlocked."""
+    job's is refused: that job would write the missing layer itself, unlocked.
+    `call`: the exact call the job makes (cell=, data_files=): only the entry of that very
+    call may let it through; without one, the nearest call the pre-build did cover is named."""
     try:
         doc = read(manifest_path)
     except ManifestError as exc:
@@ -72,13 +74,41 @@ def check(manifest_path: Path, task: Optional[str] = None, versions: Optional[Di
         if not entries:
             names = sorted({t for e in doc["entries"] for t in e.get("tasks", [])})
             problems.append(f"task '{task}' is not in manifest {manifest_path}; tasks: {', '.join(names)}")
+    if call is not None:
+        entries = [e for e in entries if e.get("key") == call.key()]
+        if not entries:
+            problems.append(_uncovered(call, doc["entries"], manifest_path))
     env = doc.get("env", {})
     roots = _job_roots(env)
     if not missing_layers:
         for entry in entries:
             problems += _entry_problems(doc, entry, job, roots, installed)
     return {"ok": not problems, "manifest": str(manifest_path), "task": task, "entries": len(entries),
-            "problems": problems, "env": env}
+            "problems": problems, "env": env, "call": call.describe() if call is not None else None,
+            "consumer": job.name}
+
+
+def _uncovered(call: LoadCall, entries: List[Dict[str, Any]], manifest_path: Path) -> str:
+    """The job's call is not in the manifest: name it, its folder, and the nearest call
+    that is (the same file, else the same string)."""
+    import os
+
+    def near(e: Dict[str, Any]) -> int:
+        other = EntryRecord.parse(e)
+        if other is None:
+            return 0
+        same_file = os.path.realpath(other.call.source()) == os.path.realpath(call.source())
+        return 2 * same_file + (other.call.data_files == call.data_files) + (other.call.field == call.field)
+
+    best = max(entries, key=near, default=None)
+    nearest = ""
+    if best is not None and near(best) > 0:
+        other = EntryRecord.parse(best)
+        assert other is not None
+        nearest = f"; the nearest pre-built call is {other.call.describe()} (tasks {', '.join(other.tasks)})"
+    return (f"this job's call {call.describe()} (run in {call.cwd or os.getcwd()}) is not in {manifest_path}: its caches "
+            f"were not pre-built for it{nearest}; pre-build from the job's own cell or string "
+            "(cluster-agent experiment=... with the scaffolded cells) and check again")
 
 
 def _job_roots(env: Dict[str, str]) -> CacheRoots:
@@ -102,6 +132,7 @@ def _entry_problems(doc: Dict[str, Any], entry: Dict[str, Any], job: Any, roots:
     record = EntryRecord.parse(entry)
     if record is None:
         return [f"{path}: manifest entry is malformed (edited by hand?); {_AGAIN}"]
+    path = record.call.source()  # the file, as the job's folder names it
     if record.status is not None and record.status.value == "missing":
         return [f"{path} did not exist when the pre-build ran ({record.error or 'no such file'}); "
                 f"restore it and {_AGAIN}"]
@@ -110,7 +141,7 @@ def _entry_problems(doc: Dict[str, Any], entry: Dict[str, Any], job: Any, roots:
     if record.source is None:
         return [f"{path}: manifest entry has no usable source fingerprint (edited by hand?); {_AGAIN}"]
     try:
-        now = fingerprint(path, record.source)
+        now = fingerprint(record.call.source(), record.source)
     except SourceError as exc:
         return [f"{exc} since the pre-build; restore it or {_AGAIN}"]
     try:
@@ -129,7 +160,8 @@ def emit(result: Dict[str, Any], output: str, stdout: TextIO = sys.stdout, stder
     """Print the gate's verdict (and append its lines to the experiment's log file)."""
     from agent.logs import write_line  # stdlib only at import
 
-    scope = f"task {result['task']}" if result["task"] else "all tasks"
+    scope = (f"this job's call {result['call']}" if result.get("call") else
+             f"task {result['task']}" if result["task"] else "all tasks")
     if output == "json":
         stdout.write(json.dumps({"gate": "ok" if result["ok"] else "refused", **result}) + "\n")
     if result["ok"]:
@@ -170,17 +202,46 @@ def _given(pairs: Dict[str, str], key: str) -> Optional[str]:
     return None if value in (None, "", "null") else value
 
 
+def job_call(pairs: Dict[str, Optional[str]]) -> tuple:
+    """(the job's call or None, the experiment summary, the job's consumer) from the gate's
+    keys: cell= reads the cell (an inspect job, its summary found by walking up);
+    data_files= is taken in the current folder (the job's), its summary found the same way."""
+    from pathlib import Path as _Path
+
+    from agent import jobcall
+
+    experiment = _given(pairs, "experiment")
+    consumer = _given(pairs, "consumer")
+    if _given(pairs, "cell") and _given(pairs, "data_files"):
+        raise ConfigError("give cell=DIR or data_files=STR, not both")
+    if _given(pairs, "cell"):
+        call, summary = jobcall.from_cell(str(_given(pairs, "cell")))
+        return call, experiment or str(summary), consumer or "inspect"  # cells run `inspect eval`
+    if _given(pairs, "data_files"):
+        call = jobcall.from_data_files(str(_given(pairs, "data_files")), _given(pairs, "field"))
+        if experiment is None:
+            found = jobcall.find_summary(_Path.cwd())
+            if found is None:
+                raise ConfigError(f"data_files={call.data_files}: no experiment_summary.yaml in {_Path.cwd()} or "
+                                  "above it; pass experiment=PATH")
+            experiment = str(found)
+        return call, experiment, consumer or "inspect"
+    if _given(pairs, "field"):
+        raise ConfigError("field= narrows a data_files= check; add data_files=STR")
+    return None, experiment, consumer
+
+
 def main_fast(pairs: Dict[str, str]) -> int:
     from agent import paths
-    from agent.errors import ConfigError
 
     try:
-        where = paths.resolve(_given(pairs, "experiment"), manifest=_given(pairs, "manifest"))
-    except ConfigError as exc:
+        call, experiment, consumer = job_call(pairs)
+        where = paths.resolve(experiment, manifest=_given(pairs, "manifest"))
+    except AgentError as exc:
         sys.stderr.write(f"cluster-agent: error: {exc}\n")
         return EXIT_USAGE
     try:
-        result = check(where.manifest, _given(pairs, "task"), consumer=_given(pairs, "consumer"))
+        result = check(where.manifest, _given(pairs, "task"), consumer=consumer, call=call)
         return emit(result, pairs.get("output", "text"), log_file=where.log_file)
     except OSError as exc:  # pragma: no cover - e.g. stdout closed
         sys.stderr.write(f"cluster-agent: error: {exc}\n")

@@ -65,8 +65,8 @@ def inspect_key_message(call: LoadCall, inspect_version: str) -> str:
     """
     kwargs = call.kwargs()
     if _version_tuple(inspect_version) >= INSPECT_REVISION_IN_KEY:
-        return f"{call.builder}{None}{None}{call.split}{None}{kwargs}"
-    return f"{call.builder}{None}{None}{call.split}{kwargs}"
+        return f"{call.builder}{call.name}{call.data_dir}{call.split}{call.revision}{kwargs}"
+    return f"{call.builder}{call.name}{call.data_dir}{call.split}{kwargs}"
 
 
 # First release whose key includes {revision}: 0.3.221. Verified from the PyPI wheels

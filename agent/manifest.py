@@ -215,6 +215,12 @@ def publish(path: Path, doc: Dict[str, Any], narrowed: bool, lock_kind: str, loc
         same = bool(existing) and context(existing) == context(doc)
         doc = merge(existing if same else None, doc)
         if narrowed and existing:
+            # an entry this run shares with tasks it did not run keeps their names
+            theirs = {e["key"]: e for e in existing.get("entries", [])}
+            for entry in doc["entries"]:
+                other = theirs.get(entry["key"])
+                if other is not None:
+                    entry["tasks"] = entry["tasks"] + [t for t in other.get("tasks", []) if t not in entry["tasks"]]
             mine = {e["key"] for e in doc["entries"]}
             for other in existing.get("entries", []):
                 if other["key"] in mine:

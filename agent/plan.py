@@ -1,18 +1,27 @@
 """From tasks to entries: one entry per unique consumer call (DESIGN §4).
 
 Both consumers key their caches on the literal ``data_files`` string, so an entry
-records the exact string the jobs must pass: the summary's path joined to the summary's
-folder and normalised (absolute, no ``./`` or ``//``). Paths that a job could easily
-spell differently are reported as hazards.
+records the exact string the jobs must pass.
+
+- Scaffolded cells, when the experiment has them, are the truth (``plan_cells``): each
+  cell's string verbatim, taken in the folder its call runs in, never rewritten.
+- Without cells no job exists yet: the jobs are the ones recipes/submit.py writes, and it
+  passes the string the manifest records. That string is the summary's path joined to
+  the summary's folder and normalised (absolute, no ``./`` or ``//``), because a relative
+  one would name another file in each job: ``inspect eval`` runs the task in the task
+  script's folder (measured, inspect_ai/_eval/loader.py), `datasets` in the job's cwd.
+  Paths that a job could easily spell differently are reported as hazards, and the
+  gate's ``data_files=`` form refuses a job passing another string.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from agent.entry import EntryRecord, LoadCall
+from agent.entry import EntryRecord, LoadCall, Status
 from agent.errors import SummaryError
 from agent.summary import Summary
 
@@ -68,9 +77,10 @@ def make_plan(summary: Summary, split: str, default_field: str, only_task: Optio
         if not tasks:
             names = ", ".join(t.name for t in summary.tasks)
             raise SummaryError(f"task={only_task}: no such task in {summary.path}; tasks: {names}")
-    entries: Dict[LoadCall, EntryRecord] = {}
+    entries: Dict[str, EntryRecord] = {}
     for task in tasks:
-        resolved = resolve_path(summary, task.dataset)
+        written = task.dataset
+        resolved = resolve_path(summary, written)
         try:
             builder, takes_field = builder_for(resolved, task.name)
         except SummaryError as exc:  # name the summary file, like every other summary error
@@ -80,14 +90,36 @@ def make_plan(summary: Summary, split: str, default_field: str, only_task: Optio
             fld = task.field if task.field_set else default_field
         elif task.field_set and task.field is not None:
             raise SummaryError(
-                f"{summary.path}: task '{task.name}': field '{task.field}' given but {task.dataset} is "
-                f"{Path(resolved).suffix} (no top-level fields); remove field or use a .json file"
+                f"{summary.path}: task '{task.name}': field '{task.field}' given but {written} is "
+                f"{Path(written).suffix} (no top-level fields); remove field or use a .json file"
             )
         call = LoadCall(builder, resolved, fld, split)
-        if call in entries:
-            entries[call].tasks.append(task.name)
+        if call.key() in entries:
+            entries[call.key()].tasks.append(task.name)
         else:
-            entries[call] = EntryRecord(call, [task.name], task.dataset, path_hazards(task.dataset, resolved))
+            entries[call.key()] = EntryRecord(call, [task.name], written, path_hazards(written, resolved))
+    return list(entries.values())
+
+
+def plan_cells(cells: list) -> List[EntryRecord]:
+    """One entry per unique call of the scaffolded cells (agent.cells.CellCall), in path
+    order; a cell's task is the summary task it evaluates. A call the job will fail to
+    make (a literal '~', a file that is not there) is refused with the cell's reason."""
+    from agent.jobcall import load_call
+
+    entries: Dict[str, EntryRecord] = {}
+    for cell in cells:
+        call = load_call(cell)
+        task = cell.summary_task or cell.task
+        record = entries.get(call.key())
+        if record is None:
+            record = EntryRecord(call, [], cell.data_files, list(cell.hazards))
+            if cell.failure and cell.data_files.startswith("~"):  # a missing file is CACHE_MISSING, as ever
+                record = dataclasses.replace(record, status=Status.FAILED, error=f"{cell.data_files} ({cell.failure})")
+            entries[call.key()] = record
+        if task not in record.tasks:
+            record.tasks.append(task)
+        record.hazards.extend(h for h in cell.hazards if h not in record.hazards)
     return list(entries.values())
 
 

@@ -33,9 +33,10 @@ def log_item(record: Any) -> None:
     # the error text names the path: "<path> (<reason>)"; add the field (two failures of
     # one file must not look like duplicates) and the tasks that need it
     message = record.error or call.data_files
-    prefix = f"{call.data_files} ("
-    if call.field and message.startswith(prefix):
-        message = f"{prefix}field={call.field}: {message[len(prefix):]}"
+    for prefix in (f"{call.data_files} (", f"{call.source()} ("):
+        if call.field and message.startswith(prefix):
+            message = f"{prefix}field={call.field}: {message[len(prefix):]}"
+            break
     tasks = ", ".join(record.tasks)
     event(_EVENTS.get(status, "CACHE_FAILED"), f"{message}; needed by task{'s' if len(record.tasks) > 1 else ''} {tasks}",
           "WARNING")
@@ -64,7 +65,7 @@ class Progress:
 
 def entry_json(entry: Dict[str, Any]) -> Dict[str, Any]:
     call = entry["call"]
-    return {"source": call["data_files"], "field": call.get("field"), "split": call.get("split"),
+    return {"source": call["data_files"], "cwd": call.get("cwd"), "field": call.get("field"), "split": call.get("split"),
             "tasks": entry["tasks"], "status": entry["status"], "rows": entry.get("rows"),
             "error": entry.get("error")}
 
@@ -87,7 +88,8 @@ def plan(records: List[Any], consumer: Any, paths: Any, output: str, stdout: Tex
     rows = []
     for r in records:
         status = "build" if r.needs_build else str(r.status)
-        rows.append({"source": r.call.data_files, "field": r.call.field, "split": r.call.split, "tasks": r.tasks,
+        rows.append({"source": r.call.data_files, "cwd": r.call.cwd, "field": r.call.field, "split": r.call.split,
+                     "tasks": r.tasks,
                      "action": {"unchanged": "skip"}.get(status, status),
                      "reason": r.reason or r.error or "", "hazards": r.hazards, "call": consumer.python(r.call)})
     if output == "json":

@@ -49,12 +49,14 @@ def read_previous(path: Path, current: Dict[str, Any]) -> Tuple[Dict[str, EntryR
 def classify(record: EntryRecord, previous: Optional[EntryRecord], consumer: Consumer, roots: CacheRoots,
              versions: Mapping[str, Optional[str]], force: bool) -> EntryRecord:
     """The planned record with its status (None = build it) and reason."""
+    if record.status is not None:  # refused while planning (e.g. a literal '~' the job passes)
+        return record
     prev_ready = previous is not None and previous.status is not None and previous.status.ready
     will_build = force or not prev_ready or previous.source is None
     try:
         # an entry that will be built anyway is hashed by the build (overlapped with
         # importing datasets), not here: a large file is then hashed once, not twice
-        source = fingerprint(record.call.data_files, previous.source if previous else None, content=not will_build)
+        source = fingerprint(record.call.source(), previous.source if previous else None, content=not will_build)
     except SourceError as exc:
         status = Status.MISSING if exc.missing else Status.FAILED
         return dataclasses.replace(record, status=status, error=str(exc), previous=previous)

@@ -14,9 +14,9 @@ from agent import consumers, manifest, paths, policy, report, reuse, schedule, v
 from agent.build import BuildSettings, sweep_leftovers
 from agent.config import AgentConfig
 from agent.entry import EntryRecord, Status
-from agent.errors import EXIT_PROCEED, EXIT_STOP, ConfigError
+from agent.errors import EXIT_PROCEED, EXIT_STOP, ConfigError, SummaryError
 from agent.logs import event
-from agent.plan import make_plan, select_entry
+from agent.plan import make_plan, plan_cells, select_entry
 from agent.summary import read_summary
 
 
@@ -25,7 +25,7 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     consumer = consumers.get(cfg.consumer.kind.name)
     installed = versions.for_consumer(consumer.name)
     summary = read_summary(where.summary, paths.conditions_dir(cfg, where.summary), cfg.conditions.pattern)
-    planned = make_plan(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task)
+    planned = plan_entries(summary, cfg)
     if cfg.entry is not None:
         planned = select_entry(planned, cfg.entry, where.summary)
     job_env = consumer.job_env(where.roots, cfg.site.env)
@@ -40,6 +40,9 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
             event("PATH_HAZARD", f"{record.written}: {'; '.join(record.hazards)}: jobs of task"
                   f"{'s' if len(record.tasks) > 1 else ''} {', '.join(record.tasks)} must pass exactly "
                   f"{record.call.data_files!r} (recorded in the manifest)", "WARNING")
+    clashes = consumer.conflicts([r.call for r in planned])
+    planned = [dataclasses.replace(r, status=Status.FAILED, error=clashes[r.key]) if r.key in clashes else r
+               for r in planned]
     records = reuse.classify_all(planned, previous, consumer, where.roots, installed, cfg.force)
     if cfg.action.name == "plan":
         return report.plan(records, consumer, where, cfg.output.name, stdout)
@@ -73,6 +76,23 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
                            cfg.site.lock_timeout_s, cfg.site.lock_stale_s)
     report.result(doc, counts, where.manifest, cfg.output.name, stdout)
     return EXIT_PROCEED if decision == "proceed" else EXIT_STOP
+
+
+def plan_entries(summary, cfg: AgentConfig) -> List[EntryRecord]:
+    """The scaffolded cells' calls when the experiment folder has cells (they are what the
+    jobs will run), else the summary's; narrowed to task= if given."""
+    from agent import cells
+
+    if not cells.has_cells(summary.folder):
+        return make_plan(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task)
+    planned = plan_cells(cells.discover(summary.folder))
+    if cfg.task is not None:
+        names = sorted({t for r in planned for t in r.tasks})
+        planned = [r for r in planned if cfg.task in r.tasks]
+        if not planned:
+            raise SummaryError(f"task={cfg.task}: no scaffolded cell of {summary.folder} evaluates it; "
+                               f"tasks: {', '.join(names)}")
+    return planned
 
 
 def _build_and_verify(records: List[EntryRecord], cfg: AgentConfig, settings: BuildSettings,

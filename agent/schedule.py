@@ -31,7 +31,7 @@ def failed(record: EntryRecord, error: BaseException) -> EntryRecord:
     source = record.source
     if source is not None and source.sha256 is None:  # the manifest merge matches failures by hash
         try:
-            source = fingerprint(record.call.data_files, None)
+            source = fingerprint(record.call.source(), None)
         except SourceError:
             pass
     if isinstance(error, AgentError):

@@ -80,6 +80,11 @@ def write_records(path: Path, n: int, field: str = "test", prefix: str = "q") ->
     return path
 
 
+def source_of(call: dict) -> Path:
+    """The file a manifest call names: data_files (verbatim) taken in the call's folder."""
+    return Path(os.path.join(call.get("cwd") or os.getcwd(), call["data_files"]))
+
+
 def files_under(root: Path) -> Dict[str, int]:
     """Every file under root with its mtime_ns (lock files excluded: they hold no data)."""
     out = {}

@@ -79,9 +79,10 @@ def run_python(code: str, env: Dict[str, str], timeout: float = 600) -> subproce
 def load_rows_many(calls: List[dict], env: Dict[str, str]) -> List[List[dict]]:
     """The real consumer calls `datasets.load_dataset(...)` in one fresh process (what a job
     does after exporting `env`); returns each call's rows."""
-    code = ("import json, sys, datasets\n"
+    code = ("import json, os, sys, datasets\n"
             "out = []\n"
             "for c in json.loads(sys.argv[1]):\n"
+            "    os.chdir(c.get('cwd') or os.getcwd())  # the job runs in the folder the manifest names\n"
             "    kw = {'data_files': c['data_files']}\n"
             "    if c.get('field') is not None:\n"
             "        kw['field'] = c['field']\n"

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import files_under, run_agent
+from conftest import files_under, run_agent, source_of
 from corehelp import LINE, copy_example, events, messages, prebuilt_example
 
 
@@ -119,7 +119,7 @@ def test_truncated_manifest_is_refused(ex, tmp_path):
 
 def test_changed_source_is_refused_until_restored(ex):
     entry = ex.doc["entries"][1]
-    path = Path(entry["call"]["data_files"])
+    path = source_of(entry["call"])
     original, st = path.read_bytes(), path.stat()
     try:
         doc = json.loads(original)
@@ -137,7 +137,7 @@ def test_changed_source_is_refused_until_restored(ex):
 
 
 def test_deleted_source_is_refused(ex, tmp_path):
-    path = Path(ex.doc["entries"][2]["call"]["data_files"])
+    path = source_of(ex.doc["entries"][2]["call"])
     aside = tmp_path / path.name
     shutil.move(path, aside)
     try:

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import files_under, run_agent, write_records, write_summary
+from conftest import files_under, run_agent, write_records, write_summary, source_of
 from corehelp import LINE, assert_one_error_line, cache_env, copy_example, events, messages, load_rows, run_python
 
 from agent import __version__
@@ -45,7 +45,7 @@ def _cache_files(env):
 
 def _expected_rows(call: dict) -> int:
     """Rows the consumer should get, counted from the data file itself."""
-    path = call["data_files"]
+    path = source_of(call)
     if call["field"]:
         return len(json.loads(Path(path).read_text())[call["field"]])
     return sum(1 for line in Path(path).read_text().splitlines() if line.strip())
@@ -134,8 +134,8 @@ def test_manifest_fields(ex):
         call = e["call"]
         assert set(call) >= {"builder", "data_files", "field", "split"}
         assert call["builder"] == "json" and call["split"] == "train"
-        assert call["data_files"].startswith(str(folder / "data") + "/")
-        data = Path(call["data_files"])
+        assert call["data_files"].startswith(str(folder / "data") + "/") and "cwd" not in call
+        data = source_of(call)
         assert e["source"]["size"] == data.stat().st_size
         assert e["source"]["mtime_ns"] == data.stat().st_mtime_ns
         assert e["source"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
@@ -162,7 +162,7 @@ def test_consumer_calls_with_the_manifest_env_are_pure_cache_hits(ex):
         assert len(rows) == e["rows"]
         field = e["call"]["field"]
         if field:
-            assert rows == json.loads(Path(e["call"]["data_files"]).read_text())[field]
+            assert rows == json.loads(source_of(e["call"]).read_text())[field]
     assert _cache_files(ex.env) == before, "a job's load_dataset call wrote into the cache"
 
 
@@ -199,8 +199,9 @@ def test_output_json_is_exactly_one_document(ex):
     manifest = json.loads(ex.manifest.read_text())
     assert manifest["slurm_job_id"] == "4242"
     for out, rec in zip(doc["entries"], manifest["entries"]):
-        assert set(out) == {"source", "field", "split", "tasks", "status", "rows", "error"}
-        assert out == {"source": rec["call"]["data_files"], "field": rec["call"]["field"], "split": "train",
+        assert set(out) == {"source", "cwd", "field", "split", "tasks", "status", "rows", "error"}
+        assert out == {"source": rec["call"]["data_files"], "cwd": rec["call"]["cwd"], "field": rec["call"]["field"],
+                       "split": "train",
                        "tasks": rec["tasks"], "status": "unchanged", "rows": rec["rows"], "error": None}
     assert messages(proc.stderr, "CACHE_UNCHANGED"), "logs still go to stderr"
 
@@ -332,7 +333,10 @@ def test_bad_data_files_fail_per_entry_with_a_reason(tmp_path, caches):
         if name == "good":
             assert e["status"] == "built" and e["rows"] == 3
         else:
-            assert e["status"] == "failed" and e["error"] == reasons[name] and not e["layers"]
+            assert e["status"] == "failed" and not e["layers"]
+            # the log line adds the field and the tasks that need the file to the manifest's error
+            reason = e["error"].split(" (", 1)[1]
+            assert reason[:-1] in reasons[name] and "field=test" in reasons[name] and f"task {name}" in reasons[name]
     # a failed build leaves no data in the cache: every data file belongs to the good entry
     good_dir = next(e for e in doc["entries"] if e["status"] == "built")["layers"]["hf"]["dir"]
     stray = [p for p in files_under(caches["hf"]) if not p.startswith(good_dir) and "/.cluster-agent/" not in p]

@@ -58,6 +58,12 @@ class Consumer:
         `datasets` itself can compute it)."""
         return {layer: (root, None) for layer, root in self.roots(roots).items()}
 
+    def conflicts(self, calls: List[LoadCall]) -> Dict[str, str]:
+        """call key -> why the jobs of that call cannot all be served from one cache
+        (the consumer's key cannot tell them apart). None for `datasets`: its key joins a
+        relative path to the job's folder."""
+        return {}
+
     def check_installed(self, versions: Mapping[str, Optional[str]]) -> None:
         if self.needs and versions.get(self.needs[0]) is None:
             raise ConfigError(f"consumer={self.name} needs {self.needs[0].replace('_', '-')}: "
@@ -87,10 +93,11 @@ class Consumer:
         """Make the job's real call; return the rows it read."""
         import datasets
 
-        kwargs = {"data_files": call["data_files"]}
-        if call.get("field") is not None:
-            kwargs["field"] = call["field"]
-        return datasets.load_dataset(call["builder"], split=call["split"], **kwargs).num_rows
+        from agent.build import in_folder, named
+
+        job = LoadCall.from_json(call)
+        with in_folder(job.cwd):
+            return datasets.load_dataset(job.builder, split=job.split, **named(job), **job.kwargs()).num_rows
 
     def consumer_roots(self) -> List[str]:
         """The cache roots as this process's consumer resolves them (job env applied)."""

@@ -53,6 +53,28 @@ class InspectConsumer(Consumer):
                               "or --command TEMPLATE")
         return "inspect eval {script} --model {model} -T data_files={data_files} {field_arg}"
 
+    def conflicts(self, calls: List[LoadCall]) -> Dict[str, str]:
+        """inspect-ai keys its cache on the data_files *string*: one relative string that
+        names different files from different job folders would share one cache folder,
+        and every job but the first would silently read another file's rows."""
+        import os
+
+        from agent.layers import inspect_key_message
+
+        groups: Dict[str, List[LoadCall]] = {}
+        for call in calls:
+            groups.setdefault(inspect_key_message(call, "0.3.285"), []).append(call)
+        out: Dict[str, str] = {}
+        for same in groups.values():
+            files = {os.path.realpath(c.source()) for c in same}
+            if len(files) > 1:
+                where = "; ".join(f"from {c.cwd} it names {os.path.realpath(c.source())}" for c in same)
+                for c in same:
+                    out[c.key()] = (f"{c.data_files} (inspect-ai keys its cache on this string alone, but {where}: "
+                                    "the jobs would share one inspect cache folder and read one file's rows; "
+                                    "pass absolute paths in the cells)")
+        return out
+
     # --- build ---------------------------------------------------------------------------
 
     def build_layers(self, call: LoadCall, settings: Any, ds: Any, notes: List[str]) -> Dict[str, Layer]:
@@ -92,10 +114,12 @@ class InspectConsumer(Consumer):
         def to_sample(record: Dict[str, Any]) -> Sample:
             return Sample(input=str(record.get("input", "")), target=str(record.get("output", "")))
 
-        kwargs = {"data_files": call["data_files"]}
-        if call.get("field") is not None:
-            kwargs["field"] = call["field"]
-        return len(hf_dataset(path=call["builder"], split=call["split"], sample_fields=to_sample, **kwargs))
+        from agent.build import in_folder, named
+
+        job = LoadCall.from_json(call)
+        with in_folder(job.cwd):
+            return len(hf_dataset(path=job.builder, split=job.split, **named(job), sample_fields=to_sample,
+                                  **job.kwargs()))
 
     def consumer_roots(self) -> List[str]:
         from platformdirs import user_cache_path  # what inspect_ai._util.appdirs uses
