@@ -35,6 +35,8 @@ class CellCall:
     """One scaffolded cell: the folder its job runs in and the hf_dataset call it makes there."""
 
     cell: Path  # the folder the job runs in: cell.slurm's `cd` target, as written (absolute)
+    workdir: Path  # the folder hf_dataset runs in: `inspect eval` enters the task script's folder
+    #                (inspect_ai._eval.loader.create_file_tasks), so a relative data_files names a file there
     eval_yaml: Path
     slurm: Path
     run: str  # <run> in <experiment>/<run>/eval/<cell>
@@ -98,22 +100,24 @@ class CellCall:
 
 
 def source_file(call: CellCall) -> Path:
-    """The file the job opens: data_files taken in the cell folder, symlinks and '..' resolved
-    the way the kernel does for the job's process. For fingerprinting and grouping only."""
-    return Path(os.path.realpath(os.path.join(str(call.cell), call.data_files)))
+    """The file the job opens: data_files taken in the folder hf_dataset runs in (the task
+    script's, see CellCall.workdir), symlinks and '..' resolved the way the kernel does for
+    the job's process. For fingerprinting and grouping only, never to build with."""
+    return Path(os.path.realpath(os.path.join(str(call.workdir), call.data_files)))
 
 
-def _hazards(cell: Path, data_files: str) -> Tuple[List[str], Optional[str]]:
+def _hazards(workdir: Path, data_files: str) -> Tuple[List[str], Optional[str]]:
     notes: List[str] = []
-    joined = os.path.join(str(cell), data_files)
+    joined = os.path.join(str(workdir), data_files)
     real = os.path.realpath(joined)
     if data_files.startswith("~"):
         return notes, (f"data_path {data_files!r} starts with '~': the job passes it literally (the shell does not "
                        "expand '~' inside quotes, and neither inspect-ai nor datasets expand it), so it opens "
                        f"{joined} and fails with FileNotFoundError: write the full path in eval.yaml and cell.slurm")
     if not os.path.isabs(data_files):
-        notes.append(f"relative path: names {real} from the cell folder; inspect-ai keys its cache on the string "
-                     "alone, so every folder passing the same string shares one inspect cache folder")
+        notes.append(f"relative path: `inspect eval` runs the task in the task script's folder {workdir}, not in "
+                     f"the cell folder, so it names {real}; inspect-ai keys its cache on the string alone, so every "
+                     "job passing the same string shares one inspect cache folder")
     if "//" in data_files:
         notes.append("contains '//'")
     if data_files.startswith("./") or "/./" in data_files:
@@ -124,8 +128,9 @@ def _hazards(cell: Path, data_files: str) -> Tuple[List[str], Optional[str]]:
         notes.append(f"passes through a symlink (real file: {real})")
     failure = None
     if not os.path.isfile(real):
-        failure = (f"data_path {data_files!r} names {real} from the cell folder {cell}, which is not a file: "
-                   "the job will fail with FileNotFoundError; fix data_path in eval.yaml and cell.slurm")
+        failure = (f"data_path {data_files!r} names {real} (taken in {workdir}, where inspect runs the task), "
+                   "which is not a file: the job will fail with FileNotFoundError; fix data_path in eval.yaml "
+                   "and cell.slurm")
     return notes, failure
 
 
@@ -338,7 +343,8 @@ def read_cell(cell: Union[str, Path], scripts: Optional[Dict[Tuple[str, Optional
     field = values.get("field")
     if field is not None and not isinstance(field, str):
         raise CellError(f"{slurm_path}: field={field!r} is not a string; pass -T split=NAME")
-    hazards, failure = _hazards(Path(slurm.cd), data_files)
+    workdir = Path(os.path.dirname(str(script)) or slurm.cd)
+    hazards, failure = _hazards(workdir, data_files)
     if data_files != data_path:
         hazards.append(f"the task passes data_files={data_files!r}, not eval.yaml's data_path {data_path!r}")
     revision = values.get("revision")
@@ -352,7 +358,7 @@ def read_cell(cell: Union[str, Path], scripts: Optional[Dict[Tuple[str, Optional
         m = _EPOCH.search(folder.name)
         epoch = int(m.group(1)) if m else None
     return CellCall(
-        cell=Path(slurm.cd), eval_yaml=eval_yaml, slurm=slurm_path, run=folder.parent.parent.name, epoch=epoch,
+        cell=Path(slurm.cd), workdir=workdir, eval_yaml=eval_yaml, slurm=slurm_path, run=folder.parent.parent.name, epoch=epoch,
         summary_task=summary_task, task_script=task_script, script=script, task=tc.task, builder=str(values["path"]),
         data_files=data_files, field=field, split=str(values["split"]), name=values.get("name"),
         data_dir=values.get("data_dir"), revision=revision, kwargs=kwargs, options=options,

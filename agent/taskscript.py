@@ -164,7 +164,13 @@ class _Reader:
     def value(self, node: ast.expr, env: Mapping[str, Tuple[Optional[str], Any]], what: str) -> Tuple[Optional[str], Any]:
         """(bound task parameter or None, literal value / parameter default)."""
         if isinstance(node, ast.Name) and node.id in env:
-            return env[node.id]
+            bound = env[node.id]
+            if isinstance(bound, _Opaque):  # only an error where the value matters
+                raise self.fail(bound.node.lineno, f"{what} gets `{ast.unparse(bound.node)}` through {bound.what}, "
+                                                   "which is neither a literal nor a parameter of the task "
+                                                   "function, so its value is only known when the script runs: "
+                                                   "write a literal, or pass it as a task parameter")
+            return bound
         return None, self.literal(node, what)
 
     def reassigned(self, fn: ast.AST, names: Sequence[str]) -> Dict[str, int]:
@@ -237,7 +243,10 @@ class _Reader:
         out: Dict[str, Tuple[Optional[str], Any]] = {}
         for name, _, default in params:
             if name in passed:
-                out[name] = self.value(passed[name], env, f"{helper.name}({name}=...)")
+                try:
+                    out[name] = self.value(passed[name], env, f"{helper.name}({name}=...)")
+                except TaskScriptError:
+                    out[name] = _Opaque(passed[name], f"{helper.name}({name}=...)")  # type: ignore[assignment]
             elif default is not None:
                 out[name] = (None, self.literal(default, f"the default of {helper.name}({name})"))
         for name, line in self.reassigned(helper, list(out)).items():
@@ -248,6 +257,14 @@ class _Reader:
 
 class _NoCall(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Opaque:
+    """A helper argument only known at run time (fine if it only reaches sample_fields)."""
+
+    node: ast.expr
+    what: str
 
 
 def parse_tree(script: Path) -> ast.Module:
