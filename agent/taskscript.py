@@ -195,7 +195,7 @@ class _Reader:
     def find(self, fn: ast.FunctionDef, env: Dict[str, Tuple[Optional[str], Any]], depth: int,
              via: Optional[str]) -> Tuple[ast.Call, Dict[str, Tuple[Optional[str], Any]], Optional[str]]:
         """The one hf_dataset call reachable from fn (directly or via module-level helpers)."""
-        direct = [c for c in self.calls_in(fn) if self.is_hf(c)]
+        direct = sorted((c for c in self.calls_in(fn) if self.is_hf(c)), key=lambda c: (c.lineno, c.col_offset))
         if len(direct) > 1:
             lines = ", ".join(str(c.lineno) for c in direct)
             raise self.fail(direct[0].lineno, f"{len(direct)} hf_dataset calls (lines {lines}); cluster-agent cannot "
