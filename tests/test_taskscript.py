@@ -217,7 +217,7 @@ def test_required_parameter_not_passed(tmp_path: Path) -> None:
         def t(data_path: str, part: str):
             return Task(dataset=hf_dataset(path="json", data_files=data_path, field=part, split="train"))
         ''')
-    with pytest.raises(TaskScriptError, match=r"t\.py:5: task 't' passes field=part, but the job passes no -T part="):
+    with pytest.raises(TaskScriptError, match=r"t\.py:7: task 't' passes field=part, but the job passes no -T part="):
         read_task(path, "t").bind({"data_path": "x.json"})
 
 
