@@ -113,7 +113,7 @@ def _hazards(workdir: Path, data_files: str) -> Tuple[List[str], Optional[str]]:
     if data_files.startswith("~"):
         return notes, (f"data_path {data_files!r} starts with '~': the job passes it literally (the shell does not "
                        "expand '~' inside quotes, and neither inspect-ai nor datasets expand it), so it opens "
-                       f"{joined} and fails with FileNotFoundError: write the full path in eval.yaml and cell.slurm")
+                       f"{real} and fails with FileNotFoundError: write the full path in eval.yaml and cell.slurm")
     if not os.path.isabs(data_files):
         notes.append(f"relative path: `inspect eval` runs the task in the task script's folder {workdir}, not in "
                      f"the cell folder, so it names {real}; inspect-ai keys its cache on the string alone, so every "
