@@ -13,9 +13,10 @@
    array's job id on stdout (a JSON document with --json).
 
 --command is a template for the consumer step; placeholders (substituted shell-quoted):
-{task} {run} {index} {script} {model} {builder} {data_files} {field} {field_arg} {split}
-{manifest}. Default: `inspect eval {script} --model {model} -T data_files={data_files}
-{field_arg}` for consumer=inspect (needs --model), and a plain
+{task} {run} {index} {script} {model} {builder} {data_files} {field} {field_arg} {split_arg}
+{split} {manifest}. Default: `inspect eval {script} --model {model} -T data_path={data_files}
+{split_arg}` for consumer=inspect (needs --model; {split_arg} is `-T split=<field>`, which the
+client's task scripts pass on as field=split), and a plain
 `datasets.load_dataset(...)` call that prints the row count for consumer=datasets.
 Exit codes: 0 submitted, 2 usage/config/sbatch error, 3 the gate refused.
 
