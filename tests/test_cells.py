@@ -236,3 +236,11 @@ def test_find_experiment_and_has_cells(scaffold: Scaffold, tmp_path: Path) -> No
     assert not cells.has_cells(tmp_path / "gpfs")
     with pytest.raises(CellError, match="no experiment_summary.yaml in it or any folder above it"):
         cells.find_experiment(tmp_path / "gpfs")
+
+
+def test_key_message_forms(scaffold: Scaffold) -> None:
+    """0.3.221 and later hash {revision}; 0.3.220 and before do not (agent.layers)."""
+    call = by_name(scaffold)["run_a/cap_reordered_epoch1"]
+    kw = "{'field': 'test', 'data_files': '" + call.data_files + "'}"
+    assert call.inspect_key_message("0.3.285") == f"jsonNoneNonetrainNone{kw}"
+    assert call.inspect_key_message("0.3.209") == f"jsonNoneNonetrain{kw}"

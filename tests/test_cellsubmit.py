@@ -158,3 +158,22 @@ def test_gated_copy_runs_gate_then_env_then_inspect(tmp_path: Path) -> None:
     pwd, offline, xdg, argv = (tmp_path / "inspect-ran").read_text().strip().split("|")
     assert (pwd, offline, xdg) == (str(call.cell), "1", f"{tmp_path}/xdg")
     assert argv.startswith(f"eval {call.task_script} ") and f"data_path={call.data_files}" in argv
+
+
+def test_the_one_line_in_docs_gates_a_users_own_template(tmp_path: Path) -> None:
+    """docs/slurm.md's line, run by bash: a refusal ends the script with the gate's code
+    before `inspect eval`; a pass exports what the gate printed (gate stand-in: lead's side)."""
+    docs = (REPO / "docs" / "slurm.md").read_text()
+    (line,) = [ln for ln in docs.splitlines() if ln.startswith("env_lines=$(cluster-agent action=check cell=")]
+    bin_dir = tmp_path / "bin"
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    script = tmp_path / "template.sh"
+    script.write_text(f"cd {cell}\n{line}\necho \"inspect eval ran with XDG=$XDG_CACHE_HOME\"\n")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    stub(bin_dir, "cluster-agent", 'echo "GATE_REFUSED: ${2}" >&2; exit 3\n')
+    refused = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    assert refused.returncode == 3 and refused.stdout == "" and f"GATE_REFUSED: cell={cell}" in refused.stderr
+    stub(bin_dir, "cluster-agent", f'[ "$2" = "cell={cell}" ] || exit 9; echo "export XDG_CACHE_HOME=/x/y"\n')
+    ok = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout == "inspect eval ran with XDG=/x/y\n", ok.stderr
