@@ -106,9 +106,8 @@ def submit_cells(args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    from agent import cellsubmit, cells, config, launcher
+    from agent import cellsubmit, cells, config, launcher, paths
     from agent.errors import EXIT_GATE, AgentError
-    from agent.run import resolve_paths
 
     unused = [f"--{k.replace('_', '-')}" for k in ("command", "model", "only", "chdir", "job_name")
               if getattr(args, k)]
@@ -119,7 +118,7 @@ def submit_cells(args: argparse.Namespace) -> int:
         folder = cells.experiment_folder(Path(os.path.abspath(args.cells)))  # abspath: keep the user's symlinks
         summary = folder / cells.SUMMARY_NAME
         cfg = config.load([f"experiment={summary}", *args.overrides])
-        state = resolve_paths(cfg).manifest.parent
+        state = paths.for_config(cfg).state / ".cluster-agent"  # beside the manifest
         subs = cellsubmit.plan(folder, state, args.after)
         for sub in subs:
             if sub.call.failure:
