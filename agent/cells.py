@@ -345,6 +345,10 @@ def read_cell(cell: Union[str, Path], scripts: Optional[Dict[Tuple[str, Optional
         raise CellError(f"{slurm_path}: field={field!r} is not a string; pass -T split=NAME")
     workdir = Path(os.path.dirname(str(script)) or slurm.cd)
     hazards, failure = _hazards(workdir, data_files)
+    if task is None and os.path.isabs(task_script):
+        # measured with inspect-ai 0.3.285 on Python 3.11: NotImplementedError from pathlib's glob
+        hazards.append(f"task_script {task_script} has no @TASK: inspect-ai 0.3.285 fails on an absolute script "
+                       "path without one (\"Non-relative patterns are unsupported\"); write PATH@TASK")
     if data_files != data_path:
         hazards.append(f"the task passes data_files={data_files!r}, not eval.yaml's data_path {data_path!r}")
     revision = values.get("revision")
@@ -363,6 +367,22 @@ def read_cell(cell: Union[str, Path], scripts: Optional[Dict[Tuple[str, Optional
         data_files=data_files, field=field, split=str(values["split"]), name=values.get("name"),
         data_dir=values.get("data_dir"), revision=revision, kwargs=kwargs, options=options,
         task_args=tuple(parsed), hazards=tuple(hazards), failure=failure)
+
+
+def collisions(calls: List[CellCall], inspect_version: str) -> List[str]:
+    """Calls that share one inspect-ai cache folder but read different files: inspect keys its
+    cache on the data_files string alone, so two task scripts in different folders passing
+    the same relative path would serve one file's rows to both. One line per folder."""
+    by_folder: Dict[str, Dict[Path, CellCall]] = {}
+    for call in calls:
+        by_folder.setdefault(call.inspect_folder_name(inspect_version), {}).setdefault(source_file(call), call)
+    out = []
+    for folder, files in by_folder.items():
+        if len(files) > 1:
+            named = "; ".join(f"{c.cell} reads {src}" for src, c in files.items())
+            out.append(f"inspect cache folder {folder} would serve different files ({named}): the same data_path "
+                       "string names another file in each task script's folder; give each an absolute data_path")
+    return out
 
 
 # --- an experiment's cells --------------------------------------------------------------------

@@ -244,3 +244,25 @@ def test_key_message_forms(scaffold: Scaffold) -> None:
     kw = "{'field': 'test', 'data_files': '" + call.data_files + "'}"
     assert call.inspect_key_message("0.3.285") == f"jsonNoneNonetrainNone{kw}"
     assert call.inspect_key_message("0.3.209") == f"jsonNoneNonetrain{kw}"
+
+
+def test_same_relative_path_in_two_script_folders_collides(scaffold: Scaffold) -> None:
+    """inspect keys on the string: '../data/acs.json' from tasks/ and from other/tasks/ are
+    two files behind one inspect cache folder."""
+    import shutil
+
+    v = version("inspect_ai")
+    assert cells.collisions(cells.discover(scaffold.experiment), v) == []
+    exp = scaffold.experiment
+    (exp / "other" / "tasks").mkdir(parents=True)
+    shutil.copy(exp / "tasks" / "acs.py", exp / "other" / "tasks" / "acs.py")
+    shutil.copytree(exp / "data", exp / "other" / "data")
+    src = scaffold.cell("run_a", "acs_relative_epoch1")
+    dst = exp / "run_b" / "eval" / src.name
+    shutil.copytree(src, dst)
+    _edit(dst / "cell.slurm", str(src), str(dst))
+    for f in (dst / "cell.slurm", dst / "eval.yaml"):
+        _edit(f, f"{exp}/tasks/acs.py@", f"{exp}/other/tasks/acs.py@")
+    lines = cells.collisions(cells.discover(exp), v)
+    assert len(lines) == 1 and "would serve different files" in lines[0]
+    assert f"{scaffold.real}/data/acs.json" in lines[0] and f"{scaffold.real}/other/data/acs.json" in lines[0]
