@@ -84,6 +84,18 @@ class CellCall:
 
         return f"{safe_filename(self.builder)}-{mm3_hash(self.inspect_key_message(inspect_version))}"
 
+    def build_kwargs(self) -> Dict[str, Any]:
+        """What to pass as hf_dataset(**call.build_kwargs()) to build the folder this job reads:
+        the key's parts with the **kwargs in the job's order (a dict keeps it). Run it with
+        cwd=workdir when data_files is relative. hf_dataset's own options (shuffle, limit)
+        are left out: they act after the cache is read."""
+        out: Dict[str, Any] = {"path": self.builder, "split": self.split}
+        for key, value in (("name", self.name), ("data_dir", self.data_dir), ("revision", self.revision)):
+            if value is not None:
+                out[key] = value
+        out.update(self.kwargs)
+        return out
+
     def python(self) -> str:
         """The call as the job makes it, for messages and the manifest."""
         parts = [f"path={self.builder!r}"]

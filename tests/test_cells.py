@@ -266,3 +266,34 @@ def test_same_relative_path_in_two_script_folders_collides(scaffold: Scaffold) -
     lines = cells.collisions(cells.discover(exp), v)
     assert len(lines) == 1 and "would serve different files" in lines[0]
     assert f"{scaffold.real}/data/acs.json" in lines[0] and f"{scaffold.real}/other/data/acs.json" in lines[0]
+
+
+_BUILD = r"""
+import json, os, sys
+from inspect_ai.dataset import hf_dataset
+out = {}
+for job in json.loads(sys.argv[1]):
+    os.chdir(job["workdir"])
+    os.environ["XDG_CACHE_HOME"] = job["xdg"]
+    ds = hf_dataset(**job["kwargs"])
+    root = os.path.join(job["xdg"], "inspect_ai", "hf_datasets")
+    out[job["name"]] = {"folders": sorted(os.listdir(root)), "rows": len(ds)}
+print(json.dumps(out))
+"""
+
+
+def test_build_kwargs_build_the_folder_the_job_reads(scaffold: Scaffold, tmp_path: Path) -> None:
+    """What a pre-build does with a CellCall: the real hf_dataset(**build_kwargs()) in workdir."""
+    got = by_name(scaffold)
+    names = ["run_a/acs_relative_epoch1", "run_a/cap_reordered_epoch1", "run_a/acs_extra_epoch1"]
+    jobs = [{"name": n, "workdir": str(got[n].workdir), "kwargs": got[n].build_kwargs(),
+             "xdg": str(tmp_path / "xdg" / n.replace("/", "-"))} for n in names]
+    assert list(jobs[1]["kwargs"]) == ["path", "split", "field", "data_files"]
+    env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(jobs)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    v = version("inspect_ai")
+    assert {n: r["folders"] for n, r in results.items()} == {n: [got[n].inspect_folder_name(v)] for n in names}
+    assert [results[n]["rows"] for n in names] == [50, 60, 50]  # no limit when building: the whole field
