@@ -337,10 +337,10 @@ def read_task(script: Path, task: Optional[str] = None) -> TaskCall:
         args.append(Arg(name, param, value, node.lineno))
         if param is not None:
             used.append(param)
-    if via is None:  # bindings through a helper were checked when its environment was built
-        for name, line in reader.reassigned(fn, used).items():
-            raise reader.fail(line, f"the task assigns to its parameter '{name}' before hf_dataset uses it; its "
-                                    "value is only known at run time: pass the final value as a parameter")
+    # (a helper's own parameters were checked when its environment was built)
+    for name, line in reader.reassigned(fn, used).items():
+        raise reader.fail(line, f"the task assigns to its parameter '{name}' before hf_dataset uses it; its "
+                                "value is only known at run time: pass the final value as a parameter")
     names = [a.name for a in args]
     for required in ("path", "split"):
         if required not in names:

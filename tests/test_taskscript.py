@@ -161,6 +161,15 @@ UNREADABLE = {
         def t(data_path: str, split: str = "test"):
             return Task(dataset=load(data_path, split.upper()))
         ''', 10, "hf_dataset(field=...) gets `split.upper()` through load(fld=...)"),
+    "reassigned_before_helper": ('''
+        def load(files):
+            return hf_dataset(path="json", data_files=files, split="train")
+
+        @task
+        def t(data_path: str):
+            data_path = data_path.strip()
+            return Task(dataset=load(data_path))
+        ''', 10, "the task assigns to its parameter 'data_path'"),
     "task_name_variable": ('''
         NAME = "x"
 
