@@ -26,6 +26,8 @@ from agent.errors import TaskScriptError
 # inspect_ai.dataset.hf_dataset's named parameters, in signature order (inspect-ai 0.3.285;
 # tests/test_taskscript.py compares this with the installed release). Keywords not in this
 # list go to **kwargs, which inspect-ai hashes as a dict and passes on to load_dataset.
+# The client's pin, 0.3.209 (read from its wheel), has the same list without `retry`: a
+# task passing retry= there sends it to **kwargs (and load_dataset). The shipped tasks do not.
 HF_DATASET_PARAMS = ("path", "split", "name", "data_dir", "revision", "sample_fields", "auto_id", "shuffle",
                      "seed", "shuffle_choices", "limit", "trust", "cached", "retry")
 # the named parameters that enter inspect-ai's cache key (besides **kwargs)
