@@ -297,3 +297,70 @@ def test_build_kwargs_build_the_folder_the_job_reads(scaffold: Scaffold, tmp_pat
     v = version("inspect_ai")
     assert {n: r["folders"] for n, r in results.items()} == {n: [got[n].inspect_folder_name(v)] for n in names}
     assert [results[n]["rows"] for n in names] == [50, 60, 50]  # no limit when building: the whole field
+
+
+_JOB = r"""
+import json, os, sys
+from inspect_ai import eval as inspect_eval
+from inspect_ai._util.config import parse_cli_args
+from inspect_ai.model import ModelOutput, ModelUsage, get_model
+
+def outputs():
+    while True:
+        out = ModelOutput.from_content(model="mockllm", content="x")
+        out.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+        yield out
+
+job = json.loads(sys.argv[1])
+log = inspect_eval(job["task_script"], model=get_model("mockllm/model", custom_outputs=outputs()),
+                   task_args=parse_cli_args(job["targs"]), log_dir=job["logs"], display="none")[0]
+print(json.dumps({"status": log.status, "samples": log.results.completed_samples if log.results else None}))
+"""
+
+
+@pytest.mark.slow
+def test_prebuilt_from_cell_calls_then_13_jobs_at_once(scaffold: Scaffold, tmp_path: Path) -> None:
+    """A pre-build from the CellCalls alone (hf_dataset(**build_kwargs()) in workdir), then
+    every cell's real job started together from its folder: all pass, each reads its rows,
+    and nothing under either cache root is created or modified."""
+    got = {n: c for n, c in by_name(scaffold).items() if c.failure is None}
+    assert len(got) == 13
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))}
+    env.update(HF_DATASETS_CACHE=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "xdg"),
+               HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    unique = {}
+    for n, c in got.items():
+        unique.setdefault(c.inspect_folder_name(version("inspect_ai")), c)
+    builds = [{"name": n, "workdir": str(c.workdir), "kwargs": c.build_kwargs(), "xdg": env["XDG_CACHE_HOME"]}
+              for n, c in unique.items()]
+    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(builds)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def tree() -> Dict[str, tuple]:
+        out = {}
+        for root in (tmp_path / "hf", tmp_path / "xdg"):
+            for folder, dirs, files in os.walk(root):
+                out.update({os.path.join(folder, d) + "/": () for d in dirs})
+                for f in files:
+                    if not f.endswith(".lock"):
+                        st = os.stat(os.path.join(folder, f))
+                        out[os.path.join(folder, f)] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    before = tree()
+    procs = {}
+    for n, c in got.items():
+        job = {"task_script": c.task_script, "targs": [f"{k}={v}" for k, v in cells.read_slurm(c.slurm).task_args],
+               "logs": str(tmp_path / "logs" / n.replace("/", "-"))}
+        procs[n] = subprocess.Popen([sys.executable, "-c", _JOB, json.dumps(job)], cwd=str(c.cell), env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = {}
+    for n, p in procs.items():
+        out, err = p.communicate(timeout=900)
+        assert p.returncode == 0, (n, err[-2000:])
+        results[n] = json.loads(out.strip().splitlines()[-1])
+    want = {n: EXPECTED[n][4] for n in got}
+    want["run_a/acs_extra_epoch1"] = 25  # its task's own limit=25 (after the cache is read)
+    assert {n: (r["status"], r["samples"]) for n, r in results.items()} == {n: ("success", w) for n, w in want.items()}
+    assert tree() == before
