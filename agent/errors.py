@@ -62,3 +62,11 @@ class GateRefused(AgentError):
     """The launch gate found the caches not ready for this job."""
 
     exit_code = EXIT_GATE
+
+
+class TaskScriptError(SummaryError):
+    """An inspect task script whose hf_dataset call cannot be read without running it."""
+
+
+class CellError(SummaryError):
+    """A scaffolded eval cell (eval.yaml + cell.slurm) that is missing a part or contradicts itself."""

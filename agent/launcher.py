@@ -272,6 +272,7 @@ def eval_jobs(cfg: AgentConfig, command: Optional[str] = None, model: Optional[s
         }
         quoted = {k: shlex.quote(v) for k, v in values.items()}
         quoted["field_arg"] = f"-T field={shlex.quote(call.field)}" if call.field else ""
+        quoted["split_arg"] = f"-T split={shlex.quote(call.field)}" if call.field else ""  # field=split in the task
         try:
             text = template.format(**quoted).strip()
         except (KeyError, IndexError, ValueError) as exc:

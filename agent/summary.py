@@ -7,10 +7,11 @@ it can instantiate an object or run a resolver.
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent.errors import SummaryError
 
@@ -21,11 +22,16 @@ _FIELD_KEYS = ("field", "split")
 
 @dataclass(frozen=True)
 class Task:
+    """One task's data path. A task whose path comes from its runs (parameters.dataset_path)
+    appears once per distinct path, each with the runs that read it."""
+
     name: str
-    dataset: str  # the path exactly as written in the summary (or inherited)
+    dataset: str  # the path exactly as written in the summary (or inherited), never rewritten
     field: Optional[str]  # None = the consumer's default field
     field_set: bool  # False when the task did not mention field/split at all
     inherited: bool  # True when the dataset came from data.training.path
+    runs: Tuple[str, ...] = ()  # the runs that read this path; () = every run (or no runs)
+    origin: str = "dataset"  # where the path came from: eval_condition, dataset, runs[i].parameters.X, data.training.path
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,62 @@ def _get(node: Any, key: str, kind: type, where: str, path: Path, required: bool
     return value
 
 
+def _runs(doc: dict, path: Path) -> Dict[str, Tuple[Optional[str], str]]:
+    """run name -> (its eval data path or None, which key gave it), in the summary's order."""
+    out: Dict[str, Tuple[Optional[str], str]] = {}
+    node = doc.get("runs")
+    if node is None:
+        return out
+    if not isinstance(node, list):
+        raise SummaryError(f"{path}: 'runs' must be a list of runs, not {type(node).__name__}")
+    for i, run in enumerate(node):
+        if not isinstance(run, dict) or not isinstance(run.get("name"), str):
+            continue  # a run without a name cannot be named by the matrix either
+        params = run.get("parameters")
+        chosen: Tuple[Optional[str], str] = (None, "")
+        if isinstance(params, dict):
+            for key in ("eval_dataset_path", "dataset_path"):
+                value = _get(params, key, str, f"runs[{i}].parameters.", path, required=False)
+                if value is not None:
+                    chosen = (value, f"runs[{i}].parameters.{key}")
+                    break
+        out[run["name"]] = chosen
+    return out
+
+
+def _matrix_runs(evaluation: dict) -> Dict[str, List[str]]:
+    """task name -> the runs evaluation.matrix evaluates it in (tasks absent: every run)."""
+    out: Dict[str, List[str]] = {}
+    matrix = evaluation.get("matrix")
+    if not isinstance(matrix, list):
+        return out
+    for row in matrix:
+        if isinstance(row, dict) and isinstance(row.get("tasks"), list) and row.get("run") is not None:
+            for task in row["tasks"]:
+                runs = out.setdefault(str(task), [])
+                if str(row["run"]) not in runs:
+                    runs.append(str(row["run"]))
+    return out
+
+
+def _condition_file(path: Path, folder: str, condition: str, pattern: str, task_name: str) -> str:
+    """The eval_condition's file in `folder` (as written, joined, never normalised): the
+    configured pattern if that file exists, else the client's generated
+    `<condition>_test_<hash8>.json` (the hash is found by listing the folder)."""
+    exact = os.path.join(folder, pattern.format(condition=condition))
+    base = os.path.join(str(path.parent), os.path.expanduser(folder))
+    if os.path.exists(os.path.join(str(path.parent), os.path.expanduser(exact))):
+        return exact
+    found = sorted(glob.glob(os.path.join(glob.escape(base), f"{glob.escape(condition)}_test_*.json")))
+    if len(found) > 1:
+        names = ", ".join(os.path.basename(f) for f in found)
+        raise SummaryError(f"{path}: task '{task_name}': eval_condition '{condition}' matches {len(found)} files in "
+                           f"{folder} ({names}); remove the stale ones or set conditions.pattern")
+    if found:
+        return os.path.join(folder, os.path.basename(found[0]))
+    return exact  # missing: the build reports it as CACHE_MISSING, like any missing file
+
+
 def read_summary(path: Path, conditions_dir: Optional[Path] = None, conditions_pattern: str = "{condition}.json") -> Summary:
     """Parse and check the summary; every problem is a SummaryError naming the key."""
     path = Path(os.path.abspath(path))
@@ -133,6 +195,13 @@ def read_summary(path: Path, conditions_dir: Optional[Path] = None, conditions_p
     if isinstance(exp, dict) and isinstance(exp.get("name"), str):
         name = exp["name"]
 
+    generation_out = None
+    if isinstance(data, dict) and isinstance(data.get("data_generation"), dict):
+        generation_out = _get(data["data_generation"], "output_path", str, "data.data_generation.", path,
+                              required=False)
+    runs = _runs(doc, path)
+    matrix_runs = _matrix_runs(evaluation)
+
     tasks: List[Task] = []
     seen: dict = {}
     for i, node in enumerate(tasks_node):
@@ -154,25 +223,48 @@ def read_summary(path: Path, conditions_dir: Optional[Path] = None, conditions_p
             field = node[field_key]
             if field is not None and not isinstance(field, str):
                 raise SummaryError(f"{path}: '{where}{field_key}' must be a string, not {type(field).__name__}")
+        # the client's order (CLIENT.md): eval_condition, the task's dataset, the run's
+        # parameters.eval_dataset_path, parameters.dataset_path, then data.training.path
+        condition = _get(node, "eval_condition", str, where, path, required=False)
         dataset = _get(node, "dataset", str, where, path, required=False)
-        inherited = False
-        if dataset is None:
-            condition = _get(node, "eval_condition", str, where, path, required=False)
-            if condition is not None:
-                if conditions_dir is None:
-                    raise SummaryError(
-                        f"{path}: task '{task_name}' names eval_condition '{condition}' but no folder is "
-                        "configured: pass conditions.dir=PATH"
-                    )
-                dataset = str(conditions_dir / conditions_pattern.format(condition=condition))
-            elif training is not None:
-                dataset, inherited = training, True
-            else:
+        choices: List[Tuple[str, Tuple[str, ...], str]] = []  # (path, runs, origin)
+        if condition is not None:
+            folder = str(conditions_dir) if conditions_dir is not None else generation_out
+            if folder is None:
                 raise SummaryError(
-                    f"{path}: task '{task_name}' has no dataset and there is no data.training.path "
-                    "to inherit: add dataset: PATH to the task"
+                    f"{path}: task '{task_name}' names eval_condition '{condition}' but no folder is "
+                    "configured: pass conditions.dir=PATH (or set data.data_generation.output_path)"
                 )
-        if not dataset.strip():
-            raise SummaryError(f"{path}: task '{task_name}' has an empty dataset path")
-        tasks.append(Task(task_name, dataset, field, field_key is not None, inherited))
+            choices.append((_condition_file(path, folder, condition, conditions_pattern, task_name),
+                            (), "eval_condition"))
+        elif dataset is not None:
+            choices.append((dataset, (), "dataset"))
+        else:
+            by_path: Dict[Tuple[str, str], List[str]] = {}
+            for run_name in matrix_runs.get(task_name, list(runs)):
+                chosen = runs.get(run_name, (None, ""))
+                if chosen[0] is None:
+                    if training is None:
+                        raise SummaryError(
+                            f"{path}: task '{task_name}' has no dataset, run '{run_name}' has no "
+                            "parameters.eval_dataset_path or dataset_path, and there is no "
+                            "data.training.path: add dataset: PATH to the task"
+                        )
+                    chosen = (training, "data.training.path")
+                by_path.setdefault((chosen[0], chosen[1]), []).append(run_name)
+            if not by_path:
+                if training is None:
+                    raise SummaryError(
+                        f"{path}: task '{task_name}' has no dataset and there is no data.training.path "
+                        "to inherit: add dataset: PATH to the task"
+                    )
+                by_path[(training, "data.training.path")] = []
+            every_run = len(by_path) == 1
+            for (chosen_path, origin), run_names in by_path.items():
+                choices.append((chosen_path, () if every_run else tuple(run_names), origin))
+        for chosen_path, run_names, origin in choices:
+            if not chosen_path.strip():
+                raise SummaryError(f"{path}: task '{task_name}' has an empty dataset path")
+            tasks.append(Task(task_name, chosen_path, field, field_key is not None, origin == "data.training.path",
+                              run_names, origin))
     return Summary(path=path, folder=path.parent, name=name, tasks=tasks)

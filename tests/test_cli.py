@@ -212,6 +212,7 @@ def test_the_wheel_ships_configs_and_the_example_and_nothing_else(tmp_path):
             assert f"agent/conf/{group}/{option}.yaml" in names
     assert "agent/conf/config.yaml" in names and "agent/examples/experiment_summary.yaml" in names
     assert {"agent/examples/data/words.json", "agent/examples/data/acs.json", "agent/examples/data/arith.jsonl"} <= set(names)
+    assert {f"agent/examples/tasks/{t}.py" for t in ("capitalization", "acs_income", "arithmetic")} <= set(names)
     leftovers = [n for n in names if ".cluster-agent/" in n or "/logs/" in n or n.endswith("user/default.yaml")]
     assert leftovers == []
 

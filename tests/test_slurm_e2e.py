@@ -208,7 +208,7 @@ def test_inspect_eval_recipe_runs_real_inspect_eval(tmp_path: Path, caches: Dict
     assert ev.returncode == 0, ev.stderr
     job = json.loads(ev.stdout)
     script = Path(job["script"]).read_text()
-    assert "inspect eval tasks/echo_task.py --model mockllm/model -T data_files=" in script
+    assert "inspect eval tasks/echo_task.py --model mockllm/model -T data_path=" in script
     assert f"#SBATCH --chdir={exp}\n" in script  # the summary's relative script path works as written
     done = wait_done(job["job_id"], 1, timeout=180)
     out = (exp / "logs" / "slurm" / f"eval-{job['job_id']}_0.out").read_text()
@@ -221,4 +221,4 @@ def test_inspect_eval_recipe_runs_real_inspect_eval(tmp_path: Path, caches: Dict
     assert len(logs) == 1
     log = read_eval_log(logs[0])
     assert log.status == "success" and log.results.completed_samples == 40
-    assert log.eval.task_args["data_files"] == str(exp / "data" / "words.json")
+    assert log.eval.task_args["data_path"] == str(exp / "data" / "words.json")

@@ -18,6 +18,7 @@ import yaml
 from conftest import files_under, run_agent, write_records, write_summary
 from corehelp import assert_one_error_line, cache_env
 
+from agent.errors import SummaryError
 from agent.plan import make_plan
 from agent.summary import read_summary
 
@@ -228,3 +229,38 @@ def test_eval_condition_resolves_through_the_configured_folder(tmp_path):
     proc = run_agent(f"experiment={summary}", "action=plan", "consumer=datasets", cwd=tmp_path)
     line = assert_one_error_line(proc, 2)
     assert "eval_condition 'easy'" in line and "conditions.dir" in line
+
+
+def test_client_order_for_data_paths_without_cells(tmp_path):
+    """eval_condition (hash in the file name), task dataset, run eval_dataset_path, run
+    dataset_path, data.training.path; every string kept as written."""
+    from scaffold import CONDITION_HASH, build
+
+    s = build(tmp_path)
+    exp = str(s.experiment)
+    summary = read_summary(s.summary)
+    got = [(t.name, t.dataset, t.runs, t.origin) for t in summary.tasks]
+    assert ("heldout", f"{exp}/conditions/heldout_test_{CONDITION_HASH}.json", (), "eval_condition") in got
+    assert ("acs_relative", "../data/acs.json", (), "dataset") in got
+    assert ("cap_slashes", f"{exp}/data//words.json", (), "dataset") in got
+    assert ("cap_tilde", "~/cruijff-data/words.json", (), "dataset") in got
+    assert [g for g in got if g[0] == "cap_run"] == [
+        ("cap_run", f"{exp}/data/words_a.json", ("run_a",), "runs[0].parameters.dataset_path"),
+        ("cap_run", f"{exp}/data/words_b_eval.json", ("run_b",), "runs[1].parameters.eval_dataset_path"),
+        ("cap_run", f"{exp}/data/words.json", ("base",), "data.training.path")]
+    # the same strings the scaffolded cells pass (cells are the truth; the summary agrees here)
+    from agent.cells import discover
+
+    for call in discover(s.experiment):
+        match = [t for t in summary.tasks if t.name == call.summary_task and (not t.runs or call.run in t.runs)]
+        assert [t.dataset for t in match] == [call.data_files], call.cell
+
+
+def test_two_condition_files_are_refused(tmp_path):
+    folder = tmp_path / "exp"
+    for h in ("aaaa1111", "bbbb2222"):
+        write_records(folder / "conds" / f"easy_test_{h}.json", 2)
+    summary = write_summary(folder, [{"name": "t", "eval_condition": "easy"}])
+    with pytest.raises(SummaryError, match=r"eval_condition 'easy' matches 2 files in conds \(easy_test_aaaa1111.json, "
+                                           r"easy_test_bbbb2222.json\)"):
+        read_summary(summary, Path("conds"))

@@ -51,7 +51,8 @@ class InspectConsumer(Consumer):
 
             raise LaunchError("consumer=inspect: pass --model NAME for `inspect eval` (e.g. vllm/<path>), "
                               "or --command TEMPLATE")
-        return "inspect eval {script} --model {model} -T data_files={data_files} {field_arg}"
+        # the arguments the task scripts of the client's shape (and examples/tasks/) take
+        return "inspect eval {script} --model {model} -T data_path={data_files} {split_arg}"
 
     def conflicts(self, calls: List[LoadCall]) -> Dict[str, str]:
         """inspect-ai keys its cache on the data_files *string*: one relative string that

@@ -22,7 +22,7 @@ def echo_target():
 
 
 @task
-def echo(data_files: str, field: str = "test"):
-    dataset = hf_dataset(path="json", data_files=data_files, field=field, split="train",
+def echo(data_path: str, config_path: str = "", split: str = "test"):  # the client's parameters
+    dataset = hf_dataset(path="json", data_files=data_path, field=split, split="train",
                          sample_fields=lambda r: Sample(input=str(r["input"]), target=str(r["output"])))
     return Task(dataset=dataset, solver=echo_target(), scorer=match())
