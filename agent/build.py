@@ -163,7 +163,7 @@ def _build_hf(call: LoadCall, replace: bool, notes: List[str], lock_kind: str, l
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     with in_folder(call.cwd):  # a relative data_files is joined to the job's folder (part of the HF key)
-        builder = datasets.load_dataset_builder(call.builder, **named(call), **call.kwargs())
+        builder = datasets.load_dataset_builder(call.builder, **named(call), **builder_kwargs(call))
     hf_dir = Path(builder.cache_dir)
     _clean_hf_leftovers(hf_dir, notes, lock_kind, lock_stale_s)
     if hf_dir.exists():
@@ -196,6 +196,18 @@ def in_folder(folder: Optional[str]):
 def named(call: LoadCall) -> Dict[str, str]:
     """load_dataset's named arguments the job sets (name=, data_dir=, revision=)."""
     return {k: getattr(call, k) for k in ("name", "data_dir", "revision") if getattr(call, k) is not None}
+
+
+def builder_kwargs(call: LoadCall) -> Dict[str, object]:
+    """The job's kwargs that reach the builder: load_dataset takes some of its own
+    (keep_in_memory=, num_proc=, ...) that load_dataset_builder refuses."""
+    import inspect as pyinspect
+
+    import datasets
+
+    own = set(pyinspect.signature(datasets.load_dataset).parameters) - set(
+        pyinspect.signature(datasets.load_dataset_builder).parameters)
+    return {k: v for k, v in call.kwargs().items() if k not in own}
 
 
 def _clean_hf_leftovers(hf_dir: Path, notes: List[str], lock_kind: str, lock_stale_s: float) -> None:
@@ -383,7 +395,7 @@ def _older_than_source(call: LoadCall, source: Fingerprint) -> bool:
 
     with contextlib.suppress(Exception):
         with in_folder(call.cwd):
-            folder = Path(datasets.load_dataset_builder(call.builder, **named(call), **call.kwargs()).cache_dir)
+            folder = Path(datasets.load_dataset_builder(call.builder, **named(call), **builder_kwargs(call)).cache_dir)
         info = folder / "dataset_info.json"
         if info.exists():
             return info.stat().st_mtime_ns < source.ctime_ns

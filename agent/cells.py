@@ -381,22 +381,6 @@ def read_cell(cell: Union[str, Path], scripts: Optional[Dict[Tuple[str, Optional
         task_args=tuple(parsed), hazards=tuple(hazards), failure=failure)
 
 
-def collisions(calls: List[CellCall], inspect_version: str) -> List[str]:
-    """Calls that share one inspect-ai cache folder but read different files: inspect keys its
-    cache on the data_files string alone, so two task scripts in different folders passing
-    the same relative path would serve one file's rows to both. One line per folder."""
-    by_folder: Dict[str, Dict[Path, CellCall]] = {}
-    for call in calls:
-        by_folder.setdefault(call.inspect_folder_name(inspect_version), {}).setdefault(source_file(call), call)
-    out = []
-    for folder, files in by_folder.items():
-        if len(files) > 1:
-            named = "; ".join(f"{c.cell} reads {src}" for src, c in files.items())
-            out.append(f"inspect cache folder {folder} would serve different files ({named}): the same data_path "
-                       "string names another file in each task script's folder; give each an absolute data_path")
-    return out
-
-
 # --- an experiment's cells --------------------------------------------------------------------
 
 

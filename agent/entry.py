@@ -68,6 +68,17 @@ class LoadCall:
     extra: Tuple[Tuple[str, Any], ...] = ()
     order: Tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # a process's working folder is always the physical one (os.getcwd() after any cd
+        # through a symlink), and that is what `datasets` joins a relative data_files to
+        if self.cwd is not None:
+            object.__setattr__(self, "cwd", os.path.realpath(self.cwd))
+        # the default order is stored as (): the same call read from a cell and given as
+        # data_files= (or from an earlier manifest) has one key
+        default = ("data_files",) + (("field",) if self.field is not None else ()) + tuple(k for k, _ in self.extra)
+        if tuple(self.order) == default:
+            object.__setattr__(self, "order", ())
+
     def __hash__(self) -> int:  # extras may hold lists
         return hash(self.key())
 
@@ -226,18 +237,18 @@ def layer_problems(kind: str, layer: Layer) -> List[str]:
         return [f"{kind} cache folder {layer.dir} is gone"]
     except OSError as exc:
         return [f"{kind} cache folder {layer.dir} unreadable ({exc.strerror})"]
-    problems = []
-    for name in REQUIRED.get(kind, ()):
-        if name not in present:
-            problems.append(f"{kind} cache {layer.dir} lacks {name}")
-    if not any(n.endswith(".arrow") for n in present):
-        problems.append(f"{kind} cache {layer.dir} has no Arrow file")
+    problems = []  # the recorded files first: they name the file that is gone or cut
     for name, size in layer.files.items():
         if name not in present:
             problems.append(f"{kind} cache file {name} missing in {layer.dir}")
         elif present[name] != size:
             problems.append(f"{kind} cache file {layer.dir}/{name} is {present[name]} bytes, recorded {size} "
                             "(truncated or rewritten)")
+    for name in REQUIRED.get(kind, ()):
+        if name not in present and name not in layer.files:
+            problems.append(f"{kind} cache {layer.dir} lacks {name}")
+    if not any(n.endswith(".arrow") for n in present):
+        problems.append(f"{kind} cache {layer.dir} has no Arrow file")
     return problems
 
 

@@ -246,13 +246,18 @@ def test_key_message_forms(scaffold: Scaffold) -> None:
     assert call.inspect_key_message("0.3.209") == f"jsonNoneNonetrain{kw}"
 
 
-def test_same_relative_path_in_two_script_folders_collides(scaffold: Scaffold) -> None:
+def test_same_relative_path_in_two_script_folders_collides(scaffold: Scaffold, caches) -> None:
     """inspect keys on the string: '../data/acs.json' from tasks/ and from other/tasks/ are
-    two files behind one inspect cache folder."""
+    two files behind one inspect cache folder. The plan refuses both calls (the pre-build
+    would otherwise certify one file's rows for both jobs)."""
     import shutil
 
-    v = version("inspect_ai")
-    assert cells.collisions(cells.discover(scaffold.experiment), v) == []
+    from agent import consumers
+    from agent.jobcall import load_call
+    from conftest import run_agent
+
+    inspect_consumer = consumers.get("inspect")
+    assert inspect_consumer.conflicts([load_call(c) for c in cells.discover(scaffold.experiment)]) == {}
     exp = scaffold.experiment
     (exp / "other" / "tasks").mkdir(parents=True)
     shutil.copy(exp / "tasks" / "acs.py", exp / "other" / "tasks" / "acs.py")
@@ -263,9 +268,14 @@ def test_same_relative_path_in_two_script_folders_collides(scaffold: Scaffold) -
     _edit(dst / "cell.slurm", str(src), str(dst))
     for f in (dst / "cell.slurm", dst / "eval.yaml"):
         _edit(f, f"{exp}/tasks/acs.py@", f"{exp}/other/tasks/acs.py@")
-    lines = cells.collisions(cells.discover(exp), v)
-    assert len(lines) == 1 and "would serve different files" in lines[0]
-    assert f"{scaffold.real}/data/acs.json" in lines[0] and f"{scaffold.real}/other/data/acs.json" in lines[0]
+    clashes = inspect_consumer.conflicts([load_call(c) for c in cells.discover(exp)])
+    assert len(clashes) == 2 and len(set(clashes.values())) == 1
+    (line,) = set(clashes.values())
+    assert f"{scaffold.real}/data/acs.json" in line and f"{scaffold.real}/other/data/acs.json" in line
+    plan = run_agent(f"experiment={scaffold.summary}", "action=plan", "output=json")
+    rows = [r for r in json.loads(plan.stdout)["entries"] if r["source"] == "../data/acs.json"]
+    assert [r["action"] for r in rows] == ["failed", "failed"], rows
+    assert all("keys its cache on this string alone" in r["reason"] for r in rows)
 
 
 _BUILD = r"""
@@ -319,23 +329,26 @@ print(json.dumps({"status": log.status, "samples": log.results.completed_samples
 
 
 @pytest.mark.slow
-def test_prebuilt_from_cell_calls_then_13_jobs_at_once(scaffold: Scaffold, tmp_path: Path) -> None:
-    """A pre-build from the CellCalls alone (hf_dataset(**build_kwargs()) in workdir), then
-    every cell's real job started together from its folder: all pass, each reads its rows,
-    and nothing under either cache root is created or modified."""
+def test_prebuilt_by_cluster_agent_then_13_gated_jobs_at_once(scaffold: Scaffold, tmp_path: Path) -> None:
+    """cluster-agent pre-builds the experiment from its cells; then every cell's gate
+    (action=check cell=DIR, from the cell folder) passes and exports the manifest's
+    environment, and every cell's real job (inspect's own task loading + hf_dataset) is
+    started together from its folder: all pass, each reads its rows, and nothing under
+    either cache root is created or modified. The one cell whose call cannot work (a
+    literal '~') is refused by the pre-build and by its gate."""
+    from conftest import run_agent
+
     got = {n: c for n, c in by_name(scaffold).items() if c.failure is None}
     assert len(got) == 13
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))}
     env.update(HF_DATASETS_CACHE=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "xdg"),
                HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    unique = {}
-    for n, c in got.items():
-        unique.setdefault(c.inspect_folder_name(version("inspect_ai")), c)
-    builds = [{"name": n, "workdir": str(c.workdir), "kwargs": c.build_kwargs(), "xdg": env["XDG_CACHE_HOME"]}
-              for n, c in unique.items()]
-    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(builds)], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    pre = run_agent(f"experiment={scaffold.summary}", "policy=continue", env=env)
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    assert "1 failed" in pre.stdout and "0 missing" in pre.stdout, pre.stdout  # the '~' cell
+    tilde = by_name(scaffold)["run_a/cap_tilde_epoch1"]
+    refused = run_agent("action=check", f"cell={tilde.cell}", env=env, cwd=tilde.cell)
+    assert refused.returncode == 3 and "starts with '~'" in refused.stderr
 
     def tree() -> Dict[str, tuple]:
         out = {}
@@ -349,12 +362,17 @@ def test_prebuilt_from_cell_calls_then_13_jobs_at_once(scaffold: Scaffold, tmp_p
         return out
 
     before = tree()
+    job_env = {}
+    for n, c in got.items():  # the one line a cell template adds: the gate, from the cell folder
+        gate = run_agent("action=check", f"cell={c.cell}", "output=shell", env=env, cwd=c.cell)
+        assert gate.returncode == 0, (n, gate.stderr)
+        job_env = dict(line.split(" ", 1)[1].split("=", 1) for line in gate.stdout.splitlines())
     procs = {}
     for n, c in got.items():
         job = {"task_script": c.task_script, "targs": [f"{k}={v}" for k, v in cells.read_slurm(c.slurm).task_args],
                "logs": str(tmp_path / "logs" / n.replace("/", "-"))}
-        procs[n] = subprocess.Popen([sys.executable, "-c", _JOB, json.dumps(job)], cwd=str(c.cell), env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[n] = subprocess.Popen([sys.executable, "-c", _JOB, json.dumps(job)], cwd=str(c.cell),
+                                    env={**env, **job_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = {}
     for n, p in procs.items():
         out, err = p.communicate(timeout=900)
@@ -363,4 +381,4 @@ def test_prebuilt_from_cell_calls_then_13_jobs_at_once(scaffold: Scaffold, tmp_p
     want = {n: EXPECTED[n][4] for n in got}
     want["run_a/acs_extra_epoch1"] = 25  # its task's own limit=25 (after the cache is read)
     assert {n: (r["status"], r["samples"]) for n, r in results.items()} == {n: ("success", w) for n, w in want.items()}
-    assert tree() == before
+    assert tree() == before, "a job missed a cache and wrote it itself"

@@ -200,7 +200,7 @@ def test_output_json_is_exactly_one_document(ex):
     assert manifest["slurm_job_id"] == "4242"
     for out, rec in zip(doc["entries"], manifest["entries"]):
         assert set(out) == {"source", "cwd", "field", "split", "tasks", "status", "rows", "error"}
-        assert out == {"source": rec["call"]["data_files"], "cwd": rec["call"]["cwd"], "field": rec["call"]["field"],
+        assert out == {"source": rec["call"]["data_files"], "cwd": rec["call"].get("cwd"), "field": rec["call"]["field"],
                        "split": "train",
                        "tasks": rec["tasks"], "status": "unchanged", "rows": rec["rows"], "error": None}
     assert messages(proc.stderr, "CACHE_UNCHANGED"), "logs still go to stderr"
