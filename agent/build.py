@@ -315,7 +315,7 @@ def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, re
     try:
         layers.update(plugin.build_layers(call, s, ds, notes))
     except OSError as exc:
-        raise SourceError(f"{path} (writing the {s.consumer} cache failed: {exc.strerror or exc}; "
+        raise SourceError(f"{path} (writing the {plugin.extra_title} cache failed: {exc.strerror or exc}; "
                           "nothing was published)") from exc
     rows = ds.num_rows
     try:

@@ -33,6 +33,7 @@ class Consumer:
     keying: Tuple[str, ...] = ("datasets",)  # libraries whose versions key those layers
     needs: Optional[Tuple[str, str]] = None  # (distribution, pip extra) that must be installed
     title = "HF datasets"  # for "Pre-building <title> cache"
+    extra_title = ""  # what its layers beyond HF are called in messages
 
     # --- the job's side ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ class InspectConsumer(Consumer):
     keying = ("datasets", "inspect_ai")
     needs = ("inspect_ai", "inspect")
     title = "HF datasets + inspect-ai"
+    extra_title = "inspect-ai"
 
     def job_env(self, roots: Any, extra: Mapping[str, str]) -> Dict[str, str]:
         env = {"HF_DATASETS_CACHE": str(roots.hf), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
