@@ -102,3 +102,17 @@ def conditions_dir(cfg: Any, summary: Path) -> Optional[Path]:
     if os.path.isabs(os.path.expanduser(raw)):
         return expand(raw)
     return summary.parent / raw
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove it writable; one ConfigError line if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        from agent.errors import ConfigError
+
+        raise ConfigError(f"{what} {folder} is not writable ({exc.strerror}); fix its permissions "
+                          "or point the site profile elsewhere") from None

@@ -123,6 +123,23 @@ def plan_cells(cells: list) -> List[EntryRecord]:
     return list(entries.values())
 
 
+def plan_entries(summary: Summary, split: str, default_field: str, task: Optional[str] = None) -> List[EntryRecord]:
+    """The scaffolded cells' calls when the experiment folder has cells (they are what the
+    jobs will run), else the summary's; narrowed to task= if given."""
+    from agent import cells
+
+    if not cells.has_cells(summary.folder):
+        return make_plan(summary, split, default_field, task)
+    planned = plan_cells(cells.discover(summary.folder))
+    if task is not None:
+        names = sorted({t for r in planned for t in r.tasks})
+        planned = [r for r in planned if task in r.tasks]
+        if not planned:
+            raise SummaryError(f"task={task}: no scaffolded cell of {summary.folder} evaluates it; "
+                               f"tasks: {', '.join(names)}")
+    return planned
+
+
 def select_entry(entries: List[EntryRecord], index: int, summary_path: Path) -> List[EntryRecord]:
     """entry=N: only the N-th entry (0-based, plan order), as one task of a pre-build array runs."""
     if not 0 <= index < len(entries):

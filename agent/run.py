@@ -5,7 +5,6 @@ calls them in order."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from typing import List, TextIO
@@ -14,9 +13,9 @@ from agent import consumers, manifest, paths, policy, report, reuse, schedule, v
 from agent.build import BuildSettings, sweep_leftovers
 from agent.config import AgentConfig
 from agent.entry import EntryRecord, Status
-from agent.errors import EXIT_PROCEED, EXIT_STOP, ConfigError, SummaryError
+from agent.errors import EXIT_PROCEED, EXIT_STOP
 from agent.logs import event
-from agent.plan import make_plan, plan_cells, select_entry
+from agent.plan import plan_entries, select_entry
 from agent.summary import read_summary
 
 
@@ -25,14 +24,14 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     consumer = consumers.get(cfg.consumer.kind.name)
     installed = versions.for_consumer(consumer.name)
     summary = read_summary(where.summary, paths.conditions_dir(cfg, where.summary), cfg.conditions.pattern)
-    planned = plan_entries(summary, cfg)
+    planned = plan_entries(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task)
     if cfg.entry is not None:
         planned = select_entry(planned, cfg.entry, where.summary)
     job_env = consumer.job_env(where.roots, cfg.site.env)
     if cfg.action.name == "prebuild":  # before any log line: an unusable root is one error line (exit 2)
         for layer, root in consumer.roots(where.roots).items():
-            _check_writable(root, {"hf": "HF cache root", "inspect": "inspect cache folder"}.get(layer, f"{layer} cache root"))
-        _check_writable(where.manifest.parent, "manifest folder")
+            paths.ensure_writable(root, {"hf": "HF cache root", "inspect": "inspect cache folder"}.get(layer, f"{layer} cache root"))
+        paths.ensure_writable(where.manifest.parent, "manifest folder")
     context = {"consumer": consumer.name, "env": job_env, "versions": installed}
     previous, _ = reuse.read_previous(where.manifest, context)
     for record in planned:
@@ -78,23 +77,6 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     return EXIT_PROCEED if decision == "proceed" else EXIT_STOP
 
 
-def plan_entries(summary, cfg: AgentConfig) -> List[EntryRecord]:
-    """The scaffolded cells' calls when the experiment folder has cells (they are what the
-    jobs will run), else the summary's; narrowed to task= if given."""
-    from agent import cells
-
-    if not cells.has_cells(summary.folder):
-        return make_plan(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task)
-    planned = plan_cells(cells.discover(summary.folder))
-    if cfg.task is not None:
-        names = sorted({t for r in planned for t in r.tasks})
-        planned = [r for r in planned if cfg.task in r.tasks]
-        if not planned:
-            raise SummaryError(f"task={cfg.task}: no scaffolded cell of {summary.folder} evaluates it; "
-                               f"tasks: {', '.join(names)}")
-    return planned
-
-
 def _build_and_verify(records: List[EntryRecord], cfg: AgentConfig, settings: BuildSettings,
                       progress: report.Progress) -> List[EntryRecord]:
     """Build what needs it, then prove each with the real call; each built entry is
@@ -117,14 +99,3 @@ def _build_and_verify(records: List[EntryRecord], cfg: AgentConfig, settings: Bu
     for i in fresh:
         report.log_item(built[i])
     return built
-
-
-def _check_writable(folder, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{what} {folder} is not writable ({exc.strerror}); fix its permissions "
-                          "or point the site profile elsewhere") from None
