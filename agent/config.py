@@ -12,6 +12,7 @@ and the launch gate must not pay for importing Hydra at all (see ``agent.gate``)
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -358,26 +359,35 @@ def compose_config(overrides: List[str], with_hydra: bool = False) -> Any:
     searchpath.check_folders()
     _check_defaults_file(searchpath.defaults_file())
     from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from hydra._internal.hydra import Hydra
-    from hydra import version
     from omegaconf.errors import OmegaConfBaseException
 
-    _register()
     try:
-        # initialize_config_dir, with our search path instead of one folder (Hydra's own
-        # ConfigSearchPath: --config-dir, $XDG_CONFIG_HOME/cluster-agent, CLUSTER_AGENT_CONFIG_PATH)
-        version.setbase("1.3")
-        GlobalHydra.instance().clear()
-        Hydra.create_main_hydra2(task_name="cluster-agent", config_search_path=searchpath.hydra_search_path(CONF_DIR))
-        try:
+        with hydra_context():
             cfg = compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
-        finally:
-            GlobalHydra.instance().clear()
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_one_line(exc)) from exc
     return cfg
+
+
+@contextlib.contextmanager
+def hydra_context():
+    """initialize_config_dir, with our search path instead of one folder (Hydra's own
+    ConfigSearchPath: --config-dir, $XDG_CONFIG_HOME/cluster-agent, CLUSTER_AGENT_CONFIG_PATH,
+    the shipped conf/); yields Hydra's config loader (multirun's glob() lists options with it)."""
+    from agent import searchpath
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    _register()
+    version.setbase("1.3")
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="cluster-agent", config_search_path=searchpath.hydra_search_path(CONF_DIR))
+    try:
+        yield GlobalHydra.instance().config_loader()
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _hydra_searchpath(overrides: List[str]) -> List[str]:
