@@ -93,6 +93,8 @@ def _split_flags(argv: List[str]) -> Flags:
             flags.config_dir = value
         elif arg in ("--shell-completion", "-sc"):
             flags.completion = next(it, "")
+            flags.overrides = [w for w in it if w != "--"]  # the words being completed
+            break
         elif arg.startswith("-"):
             raise AgentError(f"unknown option {arg}; see cluster-agent --help")
         else:
@@ -138,6 +140,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     as_json = wants_json(argv)
     verbose = any(a.lower() in ("verbose=true", "verbose=1") for a in argv)
     try:
+        if "--shell-completion" in argv or "-sc" in argv:
+            from agent import completion
+
+            flags = _split_flags(argv)
+            return completion.main(flags.completion or "", flags.overrides)
         argv = _summary_folder(argv)
         from agent import gate
 
@@ -148,10 +155,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         from agent import searchpath
 
         searchpath.set_config_dir(flags.config_dir)
-        if flags.completion is not None:
-            from agent import completion
-
-            return completion.main(flags.completion, flags.overrides)
         if flags.multirun:
             from agent import multirun
 
