@@ -358,6 +358,13 @@ def compose_config(overrides: List[str], with_hydra: bool = False) -> Any:
     searchpath.set_hydra_searchpath(_hydra_searchpath(overrides))
     searchpath.check_folders()
     _check_defaults_file(searchpath.defaults_file())
+    stale = searchpath.stale_checkout_file()
+    if stale is not None:
+        import sys
+
+        sys.stderr.write(f"cluster-agent: warning: {stale} is no longer read; move it to "
+                         f"{searchpath.user_folder() / searchpath.DEFAULTS_FILE}\n")
+    overrides = overrides + searchpath.defaults_override()
     from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

@@ -94,8 +94,8 @@ def locations() -> List[Location]:
 
 def extra_locations_exist() -> bool:
     """Anything beyond the shipped conf/ that could change the config (the gate's fast path
-    then steps aside): a search-path folder, --config-dir, or a shipped user/default.yaml."""
-    return len(locations()) > 1 or (_shipped() / DEFAULTS_FILE).is_file()
+    then steps aside): a search-path folder or --config-dir."""
+    return len(locations()) > 1
 
 
 def options(group: str) -> Dict[str, Location]:
@@ -120,12 +120,25 @@ def where(group: str, option: str) -> Optional[Path]:
 
 
 def defaults_file() -> Optional[Path]:
-    """The user/default.yaml Hydra reads (the highest one), or None."""
+    """The user/default.yaml Hydra reads (the highest one), or None. The shipped conf/ never
+    supplies one: a checkout's git-ignored conf/user/default.yaml would reach every test and
+    every user of a shared install; personal defaults live in ~/.config/cluster-agent."""
     for loc in locations():
         path = loc.path / DEFAULTS_FILE
-        if path.is_file():
+        if path.is_file() and loc.label != "shipped":
             return path
     return None
+
+
+def defaults_override() -> List[str]:
+    """The override that adds the defaults file to the primary config's defaults list (after
+    the groups, as `optional user: default` would), when a search-path folder has one."""
+    return ["+user@_global_=default"] if defaults_file() is not None else []
+
+
+def stale_checkout_file() -> Optional[Path]:
+    path = _shipped() / DEFAULTS_FILE
+    return path if path.is_file() else None
 
 
 def check_folders() -> None:
