@@ -30,10 +30,14 @@ def help_text() -> str:
 cluster-agent: pre-build every dataset cache an eval sweep reads, write a manifest,
 and gate the SLURM launch on it, so any number of jobs can start at the same instant.
 
-Usage: cluster-agent [key=value ...] [--cfg job] [--help]
+Usage: cluster-agent [key=value ...] [-m] [-cd DIR] [--cfg job] [--info] [--help]
 
-Config groups (choose one with group=option; files in conf/<group>/):
+Config groups (choose one with group=option; every option on the search path):
 {groups}
+
+Search path, highest first: --config-dir/-cd DIR, ~/.config/cluster-agent ($XDG_CONFIG_HOME),
+the folders in $CLUSTER_AGENT_CONFIG_PATH, the shipped conf/. Each may hold site/, policy/,
+consumer/, launcher/ and user/default.yaml. `cluster-agent --info` shows what is used.
 
 Keys (override any of them, e.g. site.hf_cache=/scratch/hf):
   experiment=PATH        experiment summary (default: the bundled example)
@@ -56,6 +60,8 @@ Keys (override any of them, e.g. site.hf_cache=/scratch/hf):
 Examples:
 {EXAMPLES}
 Show the resolved config: cluster-agent [overrides] --cfg job
+Sweep with Hydra's grammar, one run each: cluster-agent -m experiment=a.yaml,b.yaml site=local,della
+Shell completion: eval "$(cluster-agent --shell-completion install=bash)"   (or install=zsh)
 
 Exit codes: 0 proceed, 1 stop (failure under policy=stop, a "no" to ask, ask without
 a terminal), 2 usage or config error, 3 the launch gate refused.
