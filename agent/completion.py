@@ -28,7 +28,7 @@ _PATH_KEYS = ("experiment", "manifest", "log_file", "site.state_dir", "site.hf_c
 
 BASH = r"""# cluster-agent completion (bash); eval "$(cluster-agent --shell-completion install=bash)"
 _cluster_agent_complete() {
-    local line="${COMP_LINE:0:COMP_POINT}"
+    local line="${COMP_LINE:0:$COMP_POINT}"
     local cur="${line##*[[:space:]]}"
     local IFS=$'\n'
     COMPREPLY=($(cluster-agent --shell-completion query=bash -- "$cur" 2>/dev/null))

@@ -42,7 +42,11 @@ def combinations(overrides: List[str]) -> List[List[str]]:
             batches = BasicSweeper.split_arguments(parsed, None)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"-m {' '.join(overrides)}: {config._one_line(exc)}") from None
-    return [list(job) for batch in batches for job in batch]
+    # glob() lists a group's options from Hydra's repository, which also holds our schema
+    # nodes (site_schema, ...: ConfigStore entries, not profiles); they are not options
+    groups = set(config.GROUPS)
+    return [list(job) for batch in batches for job in batch
+            if not any(o.split("=", 1)[0] in groups and o.endswith("_schema") for o in job)]
 
 
 def _dirname(job: List[str], varying: List[str]) -> str:
