@@ -107,6 +107,9 @@ def candidates(word: str) -> List[str]:
             continue
         if "." in name[len(word):].rstrip("."):  # deeper keys come when their parent is typed
             continue
+        if typing.get_origin(kind) is dict:  # an open mapping: entries are added with +
+            out.append(f"+{name}.")
+            continue
         out.append(name + ("." if dataclasses.is_dataclass(kind) and name not in GROUPS else "="))
         if name in GROUPS:
             out.append(name + ".")

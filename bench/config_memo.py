@@ -52,17 +52,18 @@ def main() -> None:
 
     timed(base)  # build everything
     timed(base)  # the memo for this command line
-    rows = {
-        "repeated": [timed(base) for _ in range(args.runs)],
-        "new command line (plain values)": [timed(base + [f"jobs={k + 2}"]) for k in range(args.runs)],
-        "new profile value (composes)": [timed(base + [f"site.lock_timeout_s={900 + k}"]) for k in range(args.runs)],
-        "memo off": [timed(base, {"CLUSTER_AGENT_CONFIG_CACHE": "0"}) for _ in range(args.runs)],
-    }
+    # interleaved (one of each per round), so that a busy machine weighs on every row alike
+    rows = {"repeated": [], "new command line (plain values)": [], "new profile value (composes)": [], "memo off": []}
+    for k in range(args.runs):
+        rows["repeated"].append(timed(base))
+        rows["new command line (plain values)"].append(timed(base + [f"jobs={k + 2}"]))
+        rows["new profile value (composes)"].append(timed(base + [f"site.lock_timeout_s={900 + k}"]))
+        rows["memo off"].append(timed(base, {"CLUSTER_AGENT_CONFIG_CACHE": "0"}))
     rep = statistics.median(rows["repeated"])
     print(f"{args.n} datasets, unchanged re-run, median of {args.runs} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     for name, values in rows.items():
         med = statistics.median(values)
-        print(f"  {name:<34} {med:6.3f} s   {med / rep:4.2f}x repeated")
+        print(f"  {name:<34} {med:6.3f} s   {med / rep:4.2f}x repeated   (min {min(values):.3f} s)")
 
 
 if __name__ == "__main__":
