@@ -79,11 +79,11 @@ def locations() -> List[Location]:
     if _config_dir is not None:
         out.append(Location("--config-dir", Path(_config_dir)))
     user = user_folder()
-    if user.is_dir():
+    if os.path.isdir(user):  # os.path: an unreadable parent (another user's HOME) is "absent"
         out.append(Location("user config ($XDG_CONFIG_HOME/cluster-agent)", user))
     for entry in filter(None, os.environ.get(ENV_PATH, "").split(os.pathsep)):
         folder = Path(os.path.abspath(os.path.expanduser(entry)))
-        if folder.is_dir() and all(folder != loc.path for loc in out):
+        if os.path.isdir(folder) and all(folder != loc.path for loc in out):
             out.append(Location(ENV_PATH, folder))
     out.append(Location("shipped", _shipped()))
     for entry in _hydra_searchpath:
@@ -103,7 +103,7 @@ def options(group: str) -> Dict[str, Location]:
     found: Dict[str, Location] = {}
     for loc in locations():
         folder = loc.path / group
-        if folder.is_dir():
+        if os.path.isdir(folder):
             for path in sorted(folder.glob("*.yaml")):
                 if not path.stem.endswith("_schema"):
                     found.setdefault(path.stem, loc)
@@ -114,7 +114,7 @@ def where(group: str, option: str) -> Optional[Path]:
     """The file Hydra loads for group=option (the first match on the search path)."""
     for loc in locations():
         path = loc.path / group / f"{option}.yaml"
-        if path.is_file():
+        if os.path.isfile(path):
             return path
     return None
 
@@ -125,7 +125,7 @@ def defaults_file() -> Optional[Path]:
     every user of a shared install; personal defaults live in ~/.config/cluster-agent."""
     for loc in locations():
         path = loc.path / DEFAULTS_FILE
-        if path.is_file() and loc.label != "shipped":
+        if os.path.isfile(path) and loc.label != "shipped":
             return path
     return None
 
@@ -138,14 +138,14 @@ def defaults_override() -> List[str]:
 
 def stale_checkout_file() -> Optional[Path]:
     path = _shipped() / DEFAULTS_FILE
-    return path if path.is_file() else None
+    return path if os.path.isfile(path) else None
 
 
 def check_folders() -> None:
     """A search-path folder holds groups and a defaults file, never its own primary config:
     a config.yaml there would replace the shipped one and silently drop the schema."""
     for loc in locations():
-        if loc.label != "shipped" and (loc.path / "config.yaml").is_file():
+        if loc.label != "shipped" and os.path.isfile(loc.path / "config.yaml"):
             raise ConfigError(f"{loc.path / 'config.yaml'}: a search-path folder ({loc.label}) may hold site/, policy/, "
                               f"consumer/, launcher/ and {DEFAULTS_FILE}, not config.yaml; rename or remove it")
 
