@@ -12,10 +12,21 @@ reuses it while everything the result depended on is the same:
 - the installed Hydra and OmegaConf (their package files' stat),
 - the values of the environment variables the config reads with ``${oc.env:...}``.
 
+- every folder of the config search path (agent.searchpath) and the files it supplies.
+
 A config with any other resolver (``${now:...}`` and the like) is never stored. Set
-``CLUSTER_AGENT_CONFIG_CACHE=0`` to always compose. The memo lives in
-``$XDG_CACHE_HOME/cluster-agent/config`` (else ``~/.cache/...``); it is a pure speed-up:
-an unreadable, corrupt or unwritable memo means composing again, never an error.
+``CLUSTER_AGENT_CONFIG_CACHE=0`` to always compose. It is a pure speed-up: an unreadable,
+corrupt or unwritable memo means composing again, never an error.
+
+Where: ``CLUSTER_AGENT_CONFIG_MEMO`` if set (tests point it into a temporary folder), else
+platformdirs' user cache folder for cluster-agent (``~/.cache/cluster-agent/config`` on
+Linux) -- deliberately *not* under ``$XDG_CACHE_HOME``: that variable is a cache root
+cluster-agent builds (inspect-ai's layer lives under it), and a fresh cache root must not
+cost a fresh Hydra compose.
+
+A new command line that differs from a stored one only in plain values of top-level keys
+(``experiment=``, ``task=``, ``action=``, ``jobs=``, ...; see ``split_plain``) reuses that
+entry and sets those values on the typed result: its first run costs no compose either.
 """
 
 from __future__ import annotations
@@ -40,9 +51,26 @@ def enabled() -> bool:
     return os.environ.get("CLUSTER_AGENT_CONFIG_CACHE", "1").lower() not in ("0", "false", "no", "off")
 
 
+MEMO_ENV = "CLUSTER_AGENT_CONFIG_MEMO"
+
+
 def folder() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cluster-agent" / "config"
+    override = os.environ.get(MEMO_ENV)
+    if override:
+        return Path(os.path.abspath(os.path.expanduser(override)))
+    import platformdirs
+
+    if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        # platformdirs follows $XDG_CACHE_HOME here; that is a cache root we build (see above)
+        saved = os.environ.pop("XDG_CACHE_HOME", None)
+        try:
+            base = platformdirs.user_cache_dir("cluster-agent", appauthor=False)
+        finally:
+            if saved is not None:
+                os.environ["XDG_CACHE_HOME"] = saved
+    else:
+        base = platformdirs.user_cache_dir("cluster-agent", appauthor=False)
+    return Path(base) / "config"
 
 
 def _stat(path: str) -> List[int]:
@@ -72,14 +100,15 @@ def _content(path: str) -> str:
         return ""
 
 
-def key(overrides: List[str], conf_dir: Path, schema_file: str, version: str) -> str:
+def key(overrides: List[str], conf_dir: Path, schema_file: str, version: str,
+        search: Optional[List[List[str]]] = None) -> str:
     conf = []
     for root, dirs, files in os.walk(conf_dir):
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(root, name)
             conf.append([os.path.relpath(path, conf_dir), _content(path)])
-    raw = json.dumps([version, sys.version, list(overrides), str(conf_dir), conf, _content(schema_file),
+    raw = json.dumps([version, sys.version, list(overrides), str(conf_dir), conf, search or [], _content(schema_file),
                       [_stat(_package_file(p)) for p in ("hydra", "omegaconf")]])
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
@@ -150,18 +179,21 @@ def env_dependencies(raw: Any) -> Optional[List[str]]:
 # --- get / put --------------------------------------------------------------------------
 
 
-def get(cache_key: str, cls: Any) -> Optional[Any]:
+def get(cache_key: str, cls: Any, plain: bool = False) -> Optional[Any]:
+    """The stored config; with `plain`, only one stored as safe for plain values (apply_plain)."""
     path = folder() / f"{cache_key}.json"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         if any(os.environ.get(k) != v for k, v in doc["env"].items()):
+            return None
+        if plain and not doc.get("plain_safe"):
             return None
         return from_plain(cls, doc["config"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def put(cache_key: str, typed: Any, raw_unresolved: Any) -> None:
+def put(cache_key: str, typed: Any, raw_unresolved: Any, is_plain_safe: bool = False) -> None:
     deps = env_dependencies(raw_unresolved)
     if deps is None:
         return
@@ -172,7 +204,8 @@ def put(cache_key: str, typed: Any, raw_unresolved: Any) -> None:
         target = folder()
         target.mkdir(parents=True, exist_ok=True)
         tmp = target / f".{cache_key}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({"env": {k: os.environ.get(k) for k in deps}, "config": plain}), encoding="utf-8")
+        tmp.write_text(json.dumps({"env": {k: os.environ.get(k) for k in deps}, "plain_safe": is_plain_safe,
+                                   "config": plain}), encoding="utf-8")
         os.replace(tmp, target / f"{cache_key}.json")
         _prune(target)
     except (OSError, TypeError, ValueError, KeyError):
@@ -189,3 +222,65 @@ def _prune(target: Path) -> None:
             os.unlink(entry.path)
         except OSError:
             pass
+
+
+# --- plain top-level values, set without Hydra ------------------------------------------
+
+_SAFE_STRING = re.compile(r"[A-Za-z0-9_./@%+~-]+")
+_NUMBERISH = re.compile(r"[+-]?[\d_]*\.?[\d_]*([eE][+-]?\d+)?")
+_WORDS = {"true", "false", "null", "none", "inf", "nan", "yes", "no", "on", "off"}
+
+
+def _plain_value(kind: Any, value: str) -> Any:
+    """The value Hydra + OmegaConf would give `value` for a field of type `kind`, or a
+    `_NotPlain` marker when only Hydra can say (lists, quotes, interpolations, null, ...)."""
+    if typing.get_origin(kind) is typing.Union:
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = inner[0] if len(inner) == 1 else None
+    if kind is str:
+        if _SAFE_STRING.fullmatch(value) and not _NUMBERISH.fullmatch(value) and value.lower() not in _WORDS:
+            return value
+    elif kind is bool:
+        if value in ("true", "false"):
+            return value == "true"
+    elif kind is int:
+        if re.fullmatch(r"0|[1-9][0-9]{0,8}", value):
+            return int(value)
+    elif isinstance(kind, type) and issubclass(kind, Enum):
+        if value in kind.__members__:
+            return kind[value]
+    return _NOT_PLAIN
+
+
+_NOT_PLAIN = object()
+
+
+def split_plain(overrides: List[str], cls: Any) -> tuple:
+    """(the other overrides, {key: value}) where each plain override is a top-level scalar
+    key with a value whose meaning needs no Hydra (`experiment=/a/b.yaml`, `jobs=2`). The
+    last of repeated keys wins, as in Hydra; a key given twice in other forms stays Hydra's."""
+    hints = typing.get_type_hints(cls)
+    shape: List[str] = []
+    plain: Dict[str, Any] = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        value_ = _plain_value(hints[name], value) if sep and name in hints else _NOT_PLAIN
+        if value_ is _NOT_PLAIN:
+            shape.append(item)
+        else:
+            plain[name] = value_
+    if any(item.partition("=")[0].lstrip("+~") in plain for item in shape):
+        return list(overrides), {}
+    return shape, plain
+
+
+def plain_safe(raw_unresolved: Any) -> bool:
+    """No interpolation except ${oc.env:...}: setting a top-level value after composing gives
+    what composing with it would (nothing else can refer to it)."""
+    return all("${" not in text or not re.search(r"\$\{(?!\s*oc\.env:)", text) for text in _strings(raw_unresolved))
+
+
+def apply_plain(typed: Any, plain: Dict[str, Any]) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(typed, **plain) if plain else typed

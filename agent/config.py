@@ -12,9 +12,11 @@ and the launch gate must not pay for importing Hydra at all (see ``agent.gate``)
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -44,7 +46,7 @@ def _bundled(name: str) -> Path:
 
 CONF_DIR = _bundled("conf")
 EXAMPLE_SUMMARY = _bundled("examples") / "experiment_summary.yaml"
-GROUPS = ("site", "policy", "consumer", "launcher")
+from agent.searchpath import GROUPS  # noqa: E402  (stdlib only)
 
 
 @dataclass
@@ -154,9 +156,16 @@ def _register() -> None:
 
 
 def group_options(group: str) -> List[str]:
-    """The shipped options of a config group (file names under conf/<group>/)."""
-    folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    """Every option of a config group over the search path (agent.searchpath)."""
+    from agent import searchpath
+
+    return list(searchpath.options(group))
+
+
+def _options_with_folders(group: str) -> str:
+    from agent import searchpath
+
+    return ", ".join(f"{name} ({loc.path / group})" for name, loc in searchpath.options(group).items())
 
 
 _TOP_KEYS = [f.name for f in AgentConfig.__dataclass_fields__.values()]  # type: ignore[attr-defined]
@@ -197,29 +206,120 @@ def _keys_of(dotted: str) -> List[str]:
     return [f.name for f in node.__dataclass_fields__.values()]
 
 
+def _field_type(dotted: str) -> Any:
+    """The schema type at a dotted key, or None if the schema has no such key."""
+    node: Any = AgentConfig
+    for part in dotted.split("."):
+        fields_ = getattr(node, "__dataclass_fields__", None)
+        if fields_ is None or part not in fields_:
+            return None
+        node = fields_[part].type
+        node = globals().get(node, node) if isinstance(node, str) else node
+    return node
+
+
+def _no_key(key: str) -> str:
+    """'site has no key hf_cach (did you mean hf_cache?)' for the first missing part of a key."""
+    parts = key.split(".")
+    for i in range(len(parts)):
+        if _field_type(".".join(parts[: i + 1])) is None:
+            parent = ".".join(parts[:i])
+            try:
+                choices = _keys_of(parent)
+            except (KeyError, AttributeError):
+                choices = []
+            where = parent or "the config"
+            return f"{where} has no key '{parts[i]}'{_suggest(parts[i], choices)}"
+    return f"'{key}' is not a key that can be added"
+
+
+def _is_open_entry(key: str) -> bool:
+    """site.env.VAR: the only keys the schema leaves open for the user to add."""
+    return any(key.startswith(m + ".") and key.count(".") == m.count(".") + 1 for m in _OPEN_MAPPINGS)
+
+
+_SWEEP = re.compile(r",|^\s*(range|glob|choice)\(")
+
+
 def _check_overrides(overrides: List[str]) -> None:
-    """Catch the common typos before Hydra does, with a better message."""
+    """Catch typos and no-ops before Hydra does, each as one line with a suggestion.
+
+    Strict on purpose: Hydra's `+key=value` adds any key (the schema's struct flag does not
+    stop it) and `~key` deletes one, so a misspelt `+site.hf_cach=/x` would be silently
+    ignored. `+` may only add what the schema leaves open (site.env.VAR); `hydra.*` is
+    honoured only for hydra.searchpath (the config search path), refused otherwise."""
     for item in overrides:
-        if item.startswith(("hydra.", "+hydra", "~")):
+        raw_key = item.split("=", 1)[0]
+        if raw_key.lstrip("+~").startswith(("hydra.", "hydra/")) or raw_key.lstrip("+~") == "hydra":
+            _check_hydra_override(item)
+            continue
+        if raw_key.startswith("~"):
+            _check_delete(item)
             continue
         if "=" not in item:
             raise ConfigError(
                 f"'{item}' is not an override: write key=value, e.g. policy=stop (see --help)"
             )
-        key = item.split("=", 1)[0].lstrip("+")
+        key = raw_key.lstrip("+")
         head = key.split(".", 1)[0]
         if head not in _TOP_KEYS:
             raise ConfigError(
                 f"unknown key '{head}'{_suggest(head, _TOP_KEYS)}; valid keys: {', '.join(_TOP_KEYS)}"
             )
+        value = item.split("=", 1)[1]
+        if raw_key.startswith("+"):
+            _check_add(raw_key, key, value, head)
         if "." not in key and head in GROUPS:
-            value = item.split("=", 1)[1]
             options = group_options(head)
             if value not in options:
+                if _SWEEP.search(value):
+                    raise ConfigError(f"{item}: a sweep over {head} options; add -m (--multirun) to run once per option")
                 raise ConfigError(
                     f"{head}={value}: no such {head} profile{_suggest(value, options)}; "
-                    f"choose one of {', '.join(options)} (conf/{head}/)"
+                    f"choose one of {_options_with_folders(head)}"
                 )
+
+
+def _check_add(raw_key: str, key: str, value: str, head: str) -> None:
+    if "." not in key and head in GROUPS:
+        raise ConfigError(f"{raw_key}={value}: {head} always has an option; choose it without '+': {head}={value}")
+    if _is_open_entry(key):
+        return
+    if raw_key.startswith("++") and _field_type(key) is not None:
+        return  # ++ = set whether or not it exists: the same as key=value here
+    if _field_type(key) is not None:
+        raise ConfigError(f"{raw_key}={value}: {key} already exists; set it without '+': {key}={value}")
+    raise ConfigError(f"{raw_key}={value}: {_no_key(key)}; '+' only adds entries to "
+                      f"{' or '.join(_OPEN_MAPPINGS)} (e.g. +site.env.VAR=value)")
+
+
+def _check_delete(item: str) -> None:
+    key = item[1:].split("=", 1)[0]
+    if _is_open_entry(key):
+        return
+    if key in GROUPS:
+        raise ConfigError(f"{item}: every config group needs an option; choose one with {key}=NAME "
+                          f"({', '.join(group_options(key))})")
+    kind = _field_type(key)
+    if kind is None:
+        raise ConfigError(f"{item}: {_no_key(key)}")
+    optional = "Optional" in str(kind) or (typing.get_origin(kind) is typing.Union)
+    fix = f"to unset it write {key}=null" if optional else f"set it instead, e.g. {key}=VALUE"
+    raise ConfigError(f"{item}: {key} is part of the schema and cannot be deleted; {fix} "
+                      f"(only {' and '.join(m + '.VAR' for m in _OPEN_MAPPINGS)} entries can be removed with ~)")
+
+
+HONOURED_HYDRA = ("hydra.searchpath",)
+
+
+def _check_hydra_override(item: str) -> None:
+    key = item.split("=", 1)[0].lstrip("+~")
+    if key in HONOURED_HYDRA and not item.startswith(("+", "~")) and "=" in item:
+        return
+    raise ConfigError(
+        f"{item}: cluster-agent composes with Hydra's compose API and runs no Hydra job, so Hydra's own "
+        f"settings have no effect; the only hydra.* override it honours is hydra.searchpath=[DIR,...] "
+        f"(extra config folders; or use --config-dir DIR); for debug output use verbose=true")
 
 
 def _quote_plain_values(overrides: List[str]) -> List[str]:
@@ -248,24 +348,94 @@ def _quote_plain_values(overrides: List[str]) -> List[str]:
     return out
 
 
-def compose_config(overrides: List[str]) -> Any:
-    """Compose conf/config.yaml with the overrides; a DictConfig typed by AgentConfig."""
+def compose_config(overrides: List[str], with_hydra: bool = False) -> Any:
+    """Compose conf/config.yaml over the search path with the overrides; a DictConfig typed
+    by AgentConfig (with Hydra's own `hydra` node too when `with_hydra`, for --info)."""
+    from agent import searchpath
+
     _check_overrides(overrides)
     overrides = _quote_plain_values(overrides)
-    from hydra import compose, initialize_config_dir
+    searchpath.set_hydra_searchpath(_hydra_searchpath(overrides))
+    searchpath.check_folders()
+    _check_defaults_file(searchpath.defaults_file())
+    stale = searchpath.stale_checkout_file()
+    if stale is not None:
+        import sys
+
+        sys.stderr.write(f"cluster-agent: warning: {stale} is no longer read; move it to "
+                         f"{searchpath.user_folder() / searchpath.DEFAULTS_FILE}\n")
+    overrides = overrides + searchpath.defaults_override()
+    from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    _register()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+        with hydra_context():
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_one_line(exc)) from exc
     return cfg
 
 
-def to_typed(cfg: Any) -> AgentConfig:
+@contextlib.contextmanager
+def hydra_context():
+    """initialize_config_dir, with our search path instead of one folder (Hydra's own
+    ConfigSearchPath: --config-dir, $XDG_CONFIG_HOME/cluster-agent, CLUSTER_AGENT_CONFIG_PATH,
+    the shipped conf/); yields Hydra's config loader (multirun's glob() lists options with it)."""
+    from agent import searchpath
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    _register()
+    version.setbase("1.3")
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="cluster-agent", config_search_path=searchpath.hydra_search_path(CONF_DIR))
+    try:
+        yield GlobalHydra.instance().config_loader()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _hydra_searchpath(overrides: List[str]) -> List[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for item in overrides:
+        if item.startswith("hydra.searchpath="):
+            value = OverridesParser.create().parse_override(item).value()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{item}: write a list of folders, e.g. hydra.searchpath=[/etc/cluster-agent]")
+            for v in value:
+                folder = v[len("file://"):] if v.startswith("file://") else v
+                if v.startswith("pkg://") or not os.path.isdir(folder):
+                    raise ConfigError(f"{item}: {v} is not a folder (cluster-agent reads file:// folders only)")
+            return [str(v) for v in value]
+    return []
+
+
+def _check_defaults_file(path: Optional[Path]) -> None:
+    """A defaults file chooses profiles (`defaults: [override /site: mylab]`) and sets top-level
+    keys; it may not set a group's keys (`policy: {mode: stop}`): merged after the group's
+    option, such a value would outrank the option chosen on the command line (policy=continue)."""
+    if path is None:
+        return
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read this defaults file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a defaults file is a mapping (defaults: [...] and top-level keys)")
+    for group in GROUPS:
+        if group in doc:
+            raise ConfigError(
+                f"{path}: sets {group}.* keys, which would outrank {group}=... on the command line; choose a "
+                f"profile instead (defaults: [override /{group}: NAME]), or make {group}/<name>.yaml that extends "
+                f"one (defaults: [{group_options(group)[0] if group_options(group) else 'NAME'}, _self_]) and set the keys there")
+
+
+def to_typed(cfg: Any, check: bool = True) -> AgentConfig:
     """Turn the composed DictConfig into AgentConfig objects and check what types can't."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -274,7 +444,8 @@ def to_typed(cfg: Any) -> AgentConfig:
         typed: AgentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from exc
-    validate(typed)
+    if check:
+        validate(typed)
     return typed
 
 
@@ -299,22 +470,35 @@ def validate(cfg: AgentConfig) -> None:
 
 def load(overrides: List[str]) -> AgentConfig:
     """The typed, validated config for these overrides. Composed with Hydra, or taken from
-    the memo of an earlier identical compose (agent.confcache: skips ~0.5 s of Hydra)."""
-    from agent import __version__, confcache
+    the memo of an earlier compose (agent.confcache: skips ~0.4 s of Hydra). Plain top-level
+    values (experiment=, task=, action=, ...) are set on the typed result, so a new
+    experiment path reuses the memo of the same profiles."""
+    from agent import __version__, confcache, searchpath
 
+    shape, plain = confcache.split_plain(overrides, AgentConfig)
     cache_key = None
     if confcache.enabled():
-        cache_key = confcache.key(overrides, CONF_DIR, __file__, __version__)
-        cached = confcache.get(cache_key, AgentConfig)
+        if any(o.startswith("hydra.searchpath=") for o in shape):
+            searchpath.set_hydra_searchpath(_hydra_searchpath(shape))
+        cache_key = confcache.key(shape, CONF_DIR, __file__, __version__, searchpath.memo_files())
+        cached = confcache.get(cache_key, AgentConfig, plain=bool(plain))
         if cached is not None:
-            validate(cached)
-            return cached
-    composed = compose_config(overrides)
-    typed = to_typed(composed)
-    if cache_key is not None and typed.action.name != "plan":  # plan writes nothing, not even the memo
-        from omegaconf import OmegaConf
+            typed = confcache.apply_plain(cached, plain)
+            validate(typed)
+            return typed
+    _check_overrides(overrides)  # every override, the plain ones too, before any compose
+    from omegaconf import OmegaConf
 
-        confcache.put(cache_key, typed, OmegaConf.to_container(composed, resolve=False))
+    composed = compose_config(shape)
+    raw = OmegaConf.to_container(composed, resolve=False)
+    safe = confcache.plain_safe(raw)
+    if plain and not safe:  # something refers to a plain key: only Hydra can compose it
+        return to_typed(compose_config(overrides))
+    stored = to_typed(composed, check=False)
+    typed = confcache.apply_plain(stored, plain)
+    validate(typed)
+    if cache_key is not None and typed.action.name != "plan":  # plan writes nothing, not even the memo
+        confcache.put(cache_key, stored, raw, is_plain_safe=safe)
     return typed
 
 

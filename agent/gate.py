@@ -176,11 +176,11 @@ def emit(result: Dict[str, Any], output: str, stdout: TextIO = sys.stdout, stder
 
 def fast_args(argv: List[str]) -> Optional[Dict[str, str]]:
     """`action=check` with only gate keys: handled without composing the Hydra config.
-    Anything that could move the manifest (site=, site.state_dir=, a personal
-    conf/user/default.yaml) takes the full path, which resolves it through agent.paths."""
-    from agent.config import CONF_DIR  # stdlib-only module level; no Hydra import
+    Not when a config folder beyond the shipped conf/ exists (agent.searchpath): a profile
+    or defaults file there may move the manifest (site.state_dir), so the full path decides."""
+    from agent import searchpath
 
-    if (CONF_DIR / "user" / "default.yaml").exists():
+    if searchpath.extra_locations_exist():
         return None
     pairs = {}
     for item in argv:
@@ -239,7 +239,12 @@ def main_fast(pairs: Dict[str, str]) -> int:
         where = paths.resolve(experiment, manifest=_given(pairs, "manifest"))
     except AgentError as exc:
         sys.stderr.write(f"cluster-agent: error: {exc}\n")
+        if pairs.get("output") == "json":  # every exit prints one JSON document
+            sys.stdout.write(json.dumps({"error": str(exc), "exit": EXIT_USAGE}) + "\n")
         return EXIT_USAGE
+    from agent.cli import note_relative
+
+    note_relative("manifest", _given(pairs, "manifest"), where.manifest)
     try:
         result = check(where.manifest, _given(pairs, "task"), consumer=consumer, call=call)
         return emit(result, pairs.get("output", "text"), log_file=where.log_file)

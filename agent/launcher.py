@@ -99,8 +99,22 @@ def sbatch(script: Path, cwd: Optional[Path] = None) -> str:
     proc = subprocess.run([exe, "--parsable", str(script)], capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         reason = " ".join((proc.stderr or proc.stdout).split()) or f"exit {proc.returncode}"
-        raise LaunchError(f"sbatch refused {script}: {reason}; check the site profile's site.slurm.* values")
+        try:  # a refused job leaves nothing behind: the script was never a job
+            script.unlink()
+        except OSError:
+            pass
+        if any(s in reason for s in _UNREACHABLE):
+            raise LaunchError(f"sbatch could not reach the SLURM controller ({reason}): the cluster's slurmctld is "
+                              "down or unreachable from here, nothing in the site profile is wrong; try again when "
+                              "`sinfo` answers, or use launcher=local")
+        raise LaunchError(f"sbatch refused the job: {reason}; check the site profile's site.slurm.* values "
+                          "(partition, account, time, mem, cpus_per_task)")
     return proc.stdout.strip().split(";")[0]
+
+
+# what sbatch says when no controller answers (Slurm 22-24): not the job's fault
+_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
+                "Zero Bytes were transmitted or received", "Communication connection failure")
 
 
 # --- the pre-build as a job ---------------------------------------------------------------

@@ -22,6 +22,18 @@ EXAMPLES = REPO / "examples"
 CLI = str(Path(sys.executable).parent / "cluster-agent")
 
 
+@pytest.fixture(autouse=True)
+def no_user_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test is isolated from the developer's own config files and config memo: an
+    empty XDG_CONFIG_HOME, no CLUSTER_AGENT_CONFIG_PATH, a private memo folder (both beside
+    tmp_path, not in it: tests check that nothing else appears there)."""
+    home = tmp_path_factory.mktemp("xdg-config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.delenv("CLUSTER_AGENT_CONFIG_PATH", raising=False)
+    monkeypatch.setenv("CLUSTER_AGENT_CONFIG_MEMO", str(tmp_path_factory.mktemp("config-memo")))
+    return home / "cluster-agent"
+
+
 @pytest.fixture
 def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
     """Fresh cache roots for this test, exported so subprocesses inherit them."""

@@ -34,6 +34,7 @@ def _load(overrides, env):
 @pytest.fixture
 def memo_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("CLUSTER_AGENT_CONFIG_MEMO", str(tmp_path / "memo"))
     monkeypatch.delenv("CLUSTER_AGENT_CONFIG_CACHE", raising=False)
     return dict(os.environ)
 
@@ -45,10 +46,17 @@ def test_second_identical_command_line_skips_hydra_and_gets_the_same_config(memo
     assert first["hydra"] is True and second["hydra"] is False
     assert second["cfg"] == first["cfg"]
     assert second["cfg"]["jobs"] == 3 and second["cfg"]["policy"]["mode"] == "stop"
-    assert len(list((tmp_path / "xdg" / "cluster-agent" / "config").glob("*.json"))) == 1
-    # another command line is another memo entry, composed by Hydra
-    third = _load(overrides + ["jobs=4"], memo_env)
-    assert third["hydra"] is True and third["cfg"]["jobs"] == 4
+    assert len(list((tmp_path / "memo").glob("*.json"))) == 1
+    # a new command line that only changes plain top-level values reuses the entry
+    third = _load(overrides + ["jobs=4", f"experiment={tmp_path}/other.yaml", "task=t1"], memo_env)
+    assert third["hydra"] is False and third["cfg"]["jobs"] == 4 and third["cfg"]["task"] == "t1"
+    assert third["cfg"]["experiment"] == f"{tmp_path}/other.yaml"
+    assert {k: v for k, v in third["cfg"].items() if k not in ("jobs", "experiment", "task")} == \
+        {k: v for k, v in first["cfg"].items() if k not in ("jobs", "experiment", "task")}
+    # another profile is another memo entry, composed by Hydra
+    fourth = _load(overrides + ["site=della"], memo_env)
+    assert fourth["hydra"] is True and fourth["cfg"]["site"]["name"] == "della"
+    assert len(list((tmp_path / "memo").glob("*.json"))) == 2
 
 
 def test_memo_can_be_switched_off(memo_env):
@@ -99,8 +107,48 @@ def test_other_resolvers_are_never_memoized():
 
 def test_corrupt_memo_means_composing_again(memo_env, tmp_path):
     first = _load(["policy=continue"], memo_env)
-    (memo_file,) = (tmp_path / "xdg" / "cluster-agent" / "config").glob("*.json")
+    (memo_file,) = (tmp_path / "memo").glob("*.json")
     memo_file.write_text("{not json")
     again = _load(["policy=continue"], memo_env)
     assert again["hydra"] is True and again["cfg"] == first["cfg"]
     assert json.loads(memo_file.read_text())["config"] == first["cfg"]  # rewritten whole
+
+
+def test_memo_lives_outside_the_cache_roots(memo_env, tmp_path):
+    """Default place: platformdirs' user cache folder, not under $XDG_CACHE_HOME (a cache root
+    we build: a fresh one must not cost a fresh compose)."""
+    env = dict(memo_env, HOME=str(tmp_path / "home"))
+    env.pop("CLUSTER_AGENT_CONFIG_MEMO")
+    _load(["policy=stop"], env)
+    assert list((tmp_path / "home" / ".cache" / "cluster-agent" / "config").glob("*.json"))
+    assert not (tmp_path / "xdg").exists()
+    fresh_cache = _load(["policy=stop"], dict(env, XDG_CACHE_HOME=str(tmp_path / "xdg2")))
+    assert fresh_cache["hydra"] is False
+
+
+def test_memo_follows_the_search_path(memo_env, tmp_path, no_user_config):
+    """A profile in ~/.config/cluster-agent that appears or changes means composing again."""
+    (no_user_config / "site").mkdir(parents=True)
+    profile = no_user_config / "site" / "mylab.yaml"
+    profile.write_text("defaults: [local, _self_]\nname: mylab\nhf_cache: /scratch/one\n")
+    first = _load(["site=mylab"], memo_env)
+    assert first["cfg"]["site"]["hf_cache"] == "/scratch/one"
+    profile.write_text("defaults: [local, _self_]\nname: mylab\nhf_cache: /scratch/two\n")
+    second = _load(["site=mylab"], memo_env)
+    assert second["hydra"] is True and second["cfg"]["site"]["hf_cache"] == "/scratch/two"
+    # another --config-dir is another search path
+    other = tmp_path / "cd"
+    (other / "site").mkdir(parents=True)
+    (other / "site" / "mylab.yaml").write_text("defaults: [local, _self_]\nname: mylab\nhf_cache: /scratch/cd\n")
+    probe = PROBE.replace("cfg = config.load", "from agent import searchpath; searchpath.set_config_dir(%r); cfg = config.load" % str(other))
+    out = subprocess.run([sys.executable, "-c", probe, "site=mylab"], env=memo_env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["cfg"]["site"]["hf_cache"] == "/scratch/cd"
+
+
+def test_plain_values_referenced_by_a_profile_are_composed_by_hydra(memo_env, no_user_config):
+    """A profile that interpolates a plain key (${task}) must get Hydra's value for a new one."""
+    (no_user_config / "site").mkdir(parents=True)
+    (no_user_config / "site" / "bytask.yaml").write_text("defaults: [local, _self_]\nname: ${task}\n")
+    a = _load(["site=bytask", "task=alpha", "action=prebuild"], memo_env)
+    b = _load(["site=bytask", "task=beta", "action=prebuild"], memo_env)
+    assert a["cfg"]["site"]["name"] == "alpha" and b["cfg"]["site"]["name"] == "beta"

@@ -88,24 +88,20 @@ def test_state_dir_in_a_site_profile_is_where_the_gate_looks(tmp_path, caches):
     assert "GATE_OK" in (state / "logs" / "cluster-agent.log").read_text(), "gate lines reach the log file"
 
 
-def test_state_dir_in_the_personal_config_is_honoured_by_the_fast_gate(tmp_path, caches):
-    """The old fast gate read the manifest beside the summary even when conf/user moved it."""
-    from agent.config import CONF_DIR
-
-    user = CONF_DIR / "user" / "default.yaml"
-    if user.exists():
-        pytest.skip(f"{user} exists on this machine: not overwriting a developer's own file")
+def test_state_dir_in_the_personal_config_is_honoured_by_the_fast_gate(tmp_path, caches, no_user_config):
+    """The old fast gate read the manifest beside the summary even when the personal config
+    moved it (now: a profile in ~/.config/cluster-agent chosen by its user/default.yaml)."""
     summary = _two_task_experiment(tmp_path)
     state = tmp_path / "state"
-    user.write_text(f"# @package _global_\nsite:\n  state_dir: {state}\n")
-    try:
-        assert run_agent(f"experiment={summary}", "consumer=datasets", "policy=stop").returncode == 0
-        assert (state / ".cluster-agent" / "manifest.json").is_file()
-        gate = run_agent(f"experiment={summary}", "action=check")
-        assert gate.returncode == 0, gate.stderr
-        assert str(state / ".cluster-agent" / "manifest.json") in gate.stderr
-    finally:
-        user.unlink()
+    (no_user_config / "site").mkdir(parents=True)
+    (no_user_config / "site" / "moved.yaml").write_text(f"defaults: [local, _self_]\nname: moved\nstate_dir: {state}\n")
+    (no_user_config / "user").mkdir(parents=True)
+    (no_user_config / "user" / "default.yaml").write_text("defaults:\n  - override /site: moved\n")
+    assert run_agent(f"experiment={summary}", "consumer=datasets", "policy=stop").returncode == 0
+    assert (state / ".cluster-agent" / "manifest.json").is_file()
+    gate = run_agent(f"experiment={summary}", "action=check")
+    assert gate.returncode == 0, gate.stderr
+    assert str(state / ".cluster-agent" / "manifest.json") in gate.stderr
 
 
 # --- consumers: the job's consumer, not the manifest's ----------------------------------------

@@ -177,6 +177,7 @@ def test_sbatch_refusal_is_one_line(example: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cluster-agent: error: sbatch refused") and "partition" in lines[0]
+    assert not list(example.parent.rglob("prebuild-*.sbatch")), "a refused job left its script behind"
 
 
 @pytest.mark.slurm

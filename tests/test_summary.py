@@ -91,11 +91,12 @@ def test_bad_override_leaves_an_earlier_manifest_alone(built, override, tmp_path
 
 @pytest.mark.parametrize("how", ["missing", "folder"])
 def test_unreadable_summary_path(built, how, tmp_path):
-    target = tmp_path / "nope.yaml" if how == "missing" else built["folder"]
+    # (a folder holding experiment_summary.yaml means that file: tests/test_overrides.py)
+    target = tmp_path / "nope.yaml" if how == "missing" else built["folder"] / "data"
     proc = run_agent(f"experiment={target}", env=built["env"], cwd=tmp_path)
     line = assert_one_error_line(proc, 2)
     assert str(target) in line
-    assert ("no such file" if how == "missing" else "is a folder") in line
+    assert ("no such file" if how == "missing" else "a folder without experiment_summary.yaml") in line
     assert built["manifest"].read_bytes() == built["bytes"]
     # a bad experiment= leaves no logs/ or .cluster-agent/ folder anywhere
     assert list(tmp_path.iterdir()) == []
