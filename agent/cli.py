@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
-from agent.errors import EXIT_USAGE, AgentError
+from agent.errors import AgentError
 
 EXAMPLES = """\
   cluster-agent                                   # the bundled example, local site, ask on failure

@@ -10,7 +10,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 
 from conftest import files_under, read_manifest, run_agent, write_records, write_summary
 from corehelp import events, messages

@@ -364,7 +364,7 @@ def test_path_hazards_warn_and_record_the_exact_string(tmp_path: Path, caches: D
     by_task = {e["tasks"][0]: e for e in doc["entries"]}
     for name in ("rel", "dot", "dbl"):
         assert by_task[name]["call"]["data_files"] == f"{exp}/data/{name}.json"
-        assert f"jobs must pass exactly '{exp}/data/{name}.json'" in next(ln for ln in hazards if f"/{name}.json:" in ln)
+        assert f"must pass exactly '{exp}/data/{name}.json'" in next(ln for ln in hazards if f"/{name}.json:" in ln)
     assert by_task["sym"]["call"]["data_files"] == f"{exp}/linked/sym.json"
     assert by_task["abs"]["hazards"] == [] and by_task["dot"]["written"] == "./data/dot.json"
     assert by_task["dot"]["python"] == (f"inspect_ai.dataset.hf_dataset(path='json', data_files='{exp}/data/dot.json', "

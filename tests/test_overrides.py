@@ -6,7 +6,6 @@ action=check; experiment=<folder> the same in every action; --cfg all refused cl
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -121,7 +120,7 @@ def test_relative_manifest_says_where_it_lands(tmp_path, caches):
     summary = write_summary(tmp_path / "exp", [{"name": "t", "dataset": str(data)}])
     for extra in ([], ["consumer=datasets"]):
         proc = run_agent(f"experiment={summary}", "action=check", "manifest=mine.json", *extra, cwd=tmp_path)
-        assert f"manifest=mine.json is relative" in proc.stderr
+        assert "manifest=mine.json is relative" in proc.stderr
         assert str(summary.parent / "mine.json") in proc.stderr
 
 

@@ -49,7 +49,8 @@ def _decision(exp):
 def test_missing_file_is_reported_and_the_others_still_build(exp):
     proc = exp["first"]
     assert proc.returncode == 0, proc.stderr
-    assert messages(proc.stderr, "CACHE_MISSING") == [f"{exp['gone']} (no such file)"]
+    # the line names the field and the task that needs the file (two calls of one file differ)
+    assert messages(proc.stderr, "CACHE_MISSING") == [f"{exp['gone']} (field=test: no such file); needed by task gone"]
     built = messages(proc.stderr, "CACHE_BUILT")
     assert len(built) == 2 and {Path(m.split(" ")[0]).name for m in built} == {"a.json", "b.json"}
     assert messages(proc.stderr, "CACHE_PREBUILD_COMPLETE")[0].startswith("2 ready, 1 missing, 0 failed")
@@ -77,7 +78,7 @@ def test_policy_stop_with_json_output(exp):
     assert doc["decision"] == "stop" and doc["manifest"] == str(exp["manifest"])
     assert doc["summary"] == {"built": 0, "unchanged": 2, "rebuilt": 0, "missing": 1, "failed": 0}
     gone = next(e for e in doc["entries"] if e["tasks"] == ["gone"])
-    assert gone == {"source": exp["gone"], "field": "test", "split": "train", "tasks": ["gone"],
+    assert gone == {"source": exp["gone"], "cwd": None, "field": "test", "split": "train", "tasks": ["gone"],
                     "status": "missing", "rows": None, "error": f"{exp['gone']} (no such file)"}
 
 
