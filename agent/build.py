@@ -33,6 +33,7 @@ from agent import consumers, diagnose, locks
 from agent.entry import EntryRecord, Layer, LoadCall, Status, assess, layer_problems
 from agent.errors import LockTimeout, SourceError
 from agent.fingerprint import Fingerprint, fingerprint
+from agent.netfs import ensure_dir
 from agent.layers import HF, CacheRoots, snapshot_layer
 from agent.paths import locks_dir, records_dir
 
@@ -59,8 +60,10 @@ def record_key(call: LoadCall, consumer: str, versions: Dict[str, Optional[str]]
 
 
 def _read_record(path: Path) -> Optional[dict]:
+    from agent.netfs import is_json, read_settled  # another node may be replacing it now
+
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_settled(path, is_json))
     except (OSError, ValueError):
         return None
 
@@ -234,7 +237,8 @@ def _clean_hf_leftovers(hf_dir: Path, notes: List[str], lock_kind: str, lock_sta
         return  # a live builder holds it, or it vanished: leave it alone
 
 
-def _fingerprint_while_importing(path: str, previous: Optional[Fingerprint]) -> Fingerprint:
+def _fingerprint_while_importing(path: str, previous: Optional[Fingerprint],
+                                 trust_stat: Optional[bool] = None) -> Fingerprint:
     """The source's fingerprint, hashed (when it must be) in a thread while `datasets` is
     imported: hashing releases the GIL, so a large file's hash costs no wall time on a
     second core. The job environment is already in os.environ (read at import)."""
@@ -242,12 +246,12 @@ def _fingerprint_while_importing(path: str, previous: Optional[Fingerprint]) -> 
     import threading
 
     if "datasets" in sys.modules:
-        return fingerprint(path, previous)
+        return fingerprint(path, previous, trust_stat=trust_stat)
     box: dict = {}
 
     def work() -> None:
         try:
-            box["fp"] = fingerprint(path, previous)
+            box["fp"] = fingerprint(path, previous, trust_stat=trust_stat)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["exc"] = exc
 
@@ -261,6 +265,19 @@ def _fingerprint_while_importing(path: str, previous: Optional[Fingerprint]) -> 
     return box["fp"]
 
 
+def die_with_parent(parent: int) -> None:
+    """Build-worker initializer: exit when the agent dies. A forked pool worker holds
+    both ends of its task pipe, so after a `kill -9` of the agent it would wait forever
+    (found on the shared-FS rig: it kept the agent's stdout open). Linux only."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os._exit(1)
+
+
 def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:
     """Build (or confirm) one entry under its lock and return its new record (status,
     rows, layers, source, seconds, notes); raises SourceError / LockTimeout on failure."""
@@ -268,8 +285,11 @@ def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:
     _set_job_env(s.job_env)
     call = record.call
     previous = record.previous.source if record.previous else None
-    current = record.source if record.source and record.source.sha256 else previous
-    before = _fingerprint_while_importing(call.source(), current)
+    # the plan's hash, taken by this run moments ago, stands for the content whatever the
+    # file system (the hash after the build re-checks it); a manifest's older one does not
+    fresh = bool(record.source and record.source.sha256)
+    current = record.source if fresh else previous
+    before = _fingerprint_while_importing(call.source(), current, trust_stat=True if fresh else None)
     key = record_key(call, s.consumer, s.versions)
     try:
         lock = locks.hold(locks_dir(s.roots) / f"{key}.lock", s.lock_kind, s.lock_timeout_s, s.lock_stale_s)
@@ -328,7 +348,7 @@ def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, re
     status = Status.REBUILT if old is not None or replace else Status.BUILT
     built = replace_fields(record, status=status, rows=rows, layers=layers, source=before,
                            seconds=time.perf_counter() - t0, notes=notes, error=None)
-    record_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(record_path.parent)
     write_json_atomic(record_path, {**built.to_json(plugin.python(call)), "consumer": s.consumer,
                                     "versions": s.versions, "built_at": time.time()})
     return built

@@ -28,7 +28,7 @@ from agent.errors import ConfigError
 # Enum with lowercase member names (one of them, `continue`, is a Python keyword), so
 # that OmegaConf accepts exactly the words a user types: policy.mode=continue.
 PolicyMode = Enum("PolicyMode", {"ask": "ask", "continue": "continue", "stop": "stop"})
-LockKind = Enum("LockKind", {"flock": "flock", "soft": "soft"})
+LockKind = Enum("LockKind", {"auto": "auto", "flock": "flock", "soft": "soft"})
 # one value per module of agent/consumers/: a new consumer plugin is a valid consumer.kind
 ConsumerKind = Enum("ConsumerKind", {n: n for n in _consumer_names()})
 Action = Enum("Action", {"prebuild": "prebuild", "plan": "plan", "check": "check"})
@@ -70,7 +70,8 @@ class SiteConfig:
     xdg_cache_home: Optional[str] = None
     # where manifests and logs go; null = beside the experiment summary
     state_dir: Optional[str] = None
-    lock: LockKind = LockKind["flock"]
+    # auto: soft on network file systems, flock on local disks (agent/fsdetect.py)
+    lock: LockKind = LockKind["auto"]
     lock_timeout_s: float = 900.0
     lock_stale_s: float = 3600.0
     # octal umask for everything the agent writes ("0002" = group-shared); null = inherit

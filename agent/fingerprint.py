@@ -76,13 +76,25 @@ def content_hash(path: str) -> str:
         raise _open_error(path, exc) from None
 
 
-def fingerprint(path: str, previous: Optional[Fingerprint] = None, content: bool = True) -> Fingerprint:
+def fingerprint(path: str, previous: Optional[Fingerprint] = None, content: bool = True,
+                trust_stat: Optional[bool] = None) -> Fingerprint:
     """Stat the file; hash it unless the stat matches `previous` (then reuse its hash).
+
+    trust_stat=False (default on network file systems, see netfs.trust_stat): hash even
+    when the stat matches, because the stat may come from a client's attribute cache.
+    A `previous` taken by this same process moments ago (the build reusing the plan's
+    hash) is passed with trust_stat=True by its caller.
 
     content=False: no hash (sha256=None), but the file is opened, so an unreadable file
     fails here as it would when hashed; for a file that is going to be built anyway (the
     build hashes it, overlapped with importing `datasets`)."""
     fp = stat_source(path)
+    if trust_stat is None:
+        from agent.netfs import trust_stat as _trust
+
+        trust_stat = _trust(path)
+    if not trust_stat and previous is not None:
+        previous = Fingerprint(previous.size, previous.mtime_ns, previous.ctime_ns, previous.inode, None)
     if not content and not (previous is not None and previous.sha256 and fp.same_stat(previous)):
         try:
             with open(path, "rb"):

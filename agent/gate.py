@@ -40,7 +40,19 @@ def check(manifest_path: Path, task: Optional[str] = None, versions: Optional[Di
     manifest's consumer). A manifest built for a consumer whose layers do not cover the
     job's is refused: that job would write the missing layer itself, unlocked.
     `call`: the exact call the job makes (cell=, data_files=): only the entry of that very
-    call may let it through; without one, the nearest call the pre-build did cover is named."""
+    call may let it through; without one, the nearest call the pre-build did cover is named.
+
+    On a network file system a refusal is re-checked for a few seconds first: the
+    manifest or a layer file another node just replaced can look torn, missing or of the
+    old size until this node's attribute cache expires (netfs.SETTLE_S)."""
+    from agent.netfs import retry_settled
+
+    return retry_settled(lambda: _check_once(manifest_path, task, versions, consumer, call), lambda r: r["ok"],
+                         str(manifest_path))
+
+
+def _check_once(manifest_path: Path, task: Optional[str], versions: Optional[Dict[str, Optional[str]]],
+                consumer: Optional[str], call: Optional[LoadCall]) -> Dict[str, Any]:
     try:
         doc = read(manifest_path)
     except ManifestError as exc:

@@ -233,19 +233,22 @@ class SoftLock:
 
     def _create(self, gen: int) -> bool:
         """Exclusively create generation `gen` holding our owner record."""
-        tmp = self._write_tmp(owner_record())
+        from agent.netfs import lost_race
+
+        mine = owner_record()
+        tmp = self._write_tmp(mine)
         target = self.gen_path(gen)
         try:
             os.link(tmp, target)
             return True
-        except FileExistsError:
-            return False
-        except OSError:
-            # NFS may report an error for a link that did happen (lost reply): the link
-            # count of our temporary file says whether it did.
-            with contextlib.suppress(OSError):
-                if os.stat(tmp).st_nlink == 2:
-                    return True
+        except OSError as exc:
+            # Did the link happen anyway? NFS may report an error (even EEXIST) for a link
+            # whose reply was lost. st_nlink cannot tell on every mount (sshfs: always 1),
+            # so compare the content: our owner record (host, pid, start, time) is unique.
+            if self._read(gen) == json.loads(json.dumps(mine)):
+                return True
+            if lost_race(exc):  # EEXIST, or EPERM from sshfs: another agent's number
+                return False
             raise
         finally:
             with contextlib.suppress(OSError):
@@ -283,7 +286,9 @@ class SoftLock:
         return True
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from agent.netfs import ensure_dir
+
+        ensure_dir(self.path.parent)
         deadline = time.monotonic() + self.timeout
         while True:
             if self.try_acquire():
@@ -347,7 +352,9 @@ class SoftLock:
 @contextlib.contextmanager
 def hold(path: Path, kind: str, timeout: float, stale_s: float) -> Iterator[None]:
     """Hold the lock at `path` (kind 'flock' or 'soft'); LockTimeout after `timeout` s."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from agent.netfs import ensure_dir
+
+    ensure_dir(path.parent)
     if kind == "soft":
         with SoftLock(path, timeout, stale_s):
             yield

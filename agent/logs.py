@@ -7,6 +7,7 @@ hydra, fsspec) are routed into the same sinks by an intercept handler.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -41,6 +42,12 @@ def setup(log_file: Optional[Path], verbose: bool, write: Optional[Callable[[str
     sink = write if write is not None else sys.stderr
     logger.add(sink, format=FORMAT, level=level, colorize=False, backtrace=verbose, diagnose=False)
     if log_file is not None:
+        from agent.netfs import ensure_dir
+
+        # loguru's own makedirs fails on a stale negative entry (another node just made
+        # the folder) and catch=True would then drop every line silently
+        with contextlib.suppress(OSError):
+            ensure_dir(Path(log_file).parent)
         logger.add(str(log_file), format=FORMAT, level=level, colorize=False, enqueue=False,
                    encoding="utf-8", catch=True, delay=True)  # created on the first line only
     logging.basicConfig(handlers=[_Intercept()], level=logging.DEBUG if verbose else logging.WARNING, force=True)

@@ -31,8 +31,12 @@ _ENTRY_KEYS = ("key", "call", "tasks", "status")
 
 def read(path: Path) -> Optional[Dict[str, Any]]:
     """The manifest at `path`, None if there is none, ManifestError if it is unusable."""
+    from agent.netfs import is_json, read_settled
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # on a network file system a manifest another node is replacing can read torn
+        # (new content at the old cached size): re-read within the settle window first
+        text = read_settled(Path(path), is_json)
     except FileNotFoundError:
         return None
     except IsADirectoryError:

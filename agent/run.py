@@ -32,6 +32,7 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
         for layer, root in consumer.roots(where.roots).items():
             paths.ensure_writable(root, {"hf": "HF cache root", "inspect": "inspect cache folder"}.get(layer, f"{layer} cache root"))
         paths.ensure_writable(where.manifest.parent, "manifest folder")
+    fs_doc = resolve_lock_kind(cfg, consumer, where, warn=cfg.action.name == "prebuild")
     context = {"consumer": consumer.name, "env": job_env, "versions": installed}
     previous, _ = reuse.read_previous(where.manifest, context)
     for record in planned:
@@ -71,6 +72,7 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     event("DECISION", f"{decision}: {why}", "INFO" if decision == "proceed" else "WARNING")
     doc = manifest.document(cfg, summary, consumer, context, [r.to_json(consumer.python(r.call)) for r in records],
                             decision)
+    doc["filesystem"] = fs_doc
     doc = manifest.publish(where.manifest, doc, cfg.task is not None or cfg.entry is not None, cfg.site.lock.name,
                            cfg.site.lock_timeout_s, cfg.site.lock_stale_s)
     report.result(doc, counts, where.manifest, cfg.output.name, stdout)
@@ -99,3 +101,18 @@ def _build_and_verify(records: List[EntryRecord], cfg: AgentConfig, settings: Bu
     for i in fresh:
         report.log_item(built[i])
     return built
+
+
+def resolve_lock_kind(cfg: AgentConfig, consumer, where, warn: bool) -> dict:
+    """site.lock=auto becomes soft or flock from the cache roots' file systems (in place,
+    so every lock below uses it); returns what was detected, for the manifest."""
+    from agent.config import LockKind
+    from agent.fsdetect import resolve_lock
+
+    roots = {f"{layer}_cache": str(root) for layer, root in consumer.roots(where.roots).items()}
+    roots["manifest_folder"] = str(where.manifest.parent)
+    kind, detected, warnings = resolve_lock(cfg.site.lock.name, roots)
+    cfg.site.lock = LockKind[kind]
+    for line in warnings if warn else []:
+        event("LOCK_KIND", line, "WARNING")
+    return detected

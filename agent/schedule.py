@@ -8,6 +8,7 @@ system when its worker exits, before the verification process starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Dict, List, Optional
 
 from agent.build import BuildSettings, build_entry
@@ -58,7 +59,10 @@ def build_all(records: List[EntryRecord], settings: BuildSettings, jobs: int, bu
     running: Dict[Future, int] = {}
     in_use = 0.0
     # fork: the parent has not imported datasets, and forking avoids re-importing the agent
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+    from agent.build import die_with_parent
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         while queue or running:
             while queue and len(running) < workers and (
                     not running or in_use + estimate_mb(records[queue[0]]) <= budget_mb):

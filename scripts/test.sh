@@ -10,7 +10,10 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[inspect,test]'
 
-cleanup() { bash scripts/slurm-down.sh >/dev/null 2>&1 || true; }
+# the shared-FS rig is brought up and down by the sharedfs tests' fixture; taking it
+# down here too covers a pytest that was killed mid-test
+cleanup() { bash scripts/slurm-down.sh >/dev/null 2>&1 || true; bash scripts/sharedfs-down.sh >/dev/null 2>&1 || true; }
+trap 'bash scripts/sharedfs-down.sh >/dev/null 2>&1 || true' EXIT
 if [ "${SKIP_SLURM:-0}" != "1" ]; then
   trap cleanup EXIT
   bash scripts/slurm-up.sh

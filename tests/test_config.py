@@ -67,7 +67,7 @@ def test_load_every_option(group, option, monkeypatch):
     section = getattr(cfg, group)
     if group == "site":
         assert section.name == option
-        assert section.lock.name in ("flock", "soft")
+        assert section.lock.name in ("auto", "flock", "soft")
         for path in (section.hf_cache, section.xdg_cache_home):
             assert path is None or "${" not in path
     elif group == "policy":

@@ -85,7 +85,9 @@ class InspectConsumer(Consumer):
         from agent.layers import inspect_folder, snapshot_layer
 
         target = inspect_folder(settings.roots, call, settings.versions.get("inspect_ai") or "0")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        from agent.netfs import ensure_dir  # tolerant of another node's fresh folder
+
+        ensure_dir(target.parent)
         for gone in locks.clean_leftovers(target.parent, f".{target.name}.", settings.lock_stale_s):
             notes.append(f"removed {gone} (left by a builder that is gone)")
         tmp = target.with_name(f".{target.name}.tmp-{locks.owner_tag()}")
