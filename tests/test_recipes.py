@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from conftest import REPO, run_agent, write_records, write_summary
+from conftest import REPO, run_agent, write_summary
 
 from agent import config, launcher
 

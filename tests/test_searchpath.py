@@ -92,7 +92,7 @@ def test_info_shows_the_search_path_the_choices_and_where_they_came_from(tmp_pat
     out = proc.stdout
     order = [out.index(str(cd)), out.index(str(no_user_config)), out.index(str(lab)), out.index("shipped")]
     assert order == sorted(order), out
-    assert f"site=shared" in out and str(lab / "site" / "shared.yaml") in out
+    assert "site=shared" in out and str(lab / "site" / "shared.yaml") in out
     assert f"chosen by the defaults file {no_user_config / 'user' / 'default.yaml'}" in out
     assert "policy=stop" in out and "chosen by the command line" in out
     assert "consumer=inspect" in out and "chosen by the default in config.yaml" in out
