@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
 LOCKLESS = REPO / "tests" / "lockless"
+_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)):?( |$)")
 TASKS = ("qa_easy", "qa_hard", "facts_csv", "facts_parquet")
 
 _TEMPLATE = """\
@@ -166,11 +168,15 @@ def run_jobs(lm_eval: str, names: List[str], include: Path, env: Dict[str, str],
             stdout, stderr = proc.communicate()
             rc = "timeout"
         lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        # the traceback's exception line ("OSError: Cannot find data file. ..."); its message
+        # may go on over more lines, so the last line alone does not name the type
+        raised = [ln for ln in lines if _EXC.match(ln)]
         # the results table: "|qa_easy|Yaml   |none  |     0|acc   |..."
         scored = any(ln.startswith(f"|{name}") and "|acc" in ln for ln in stdout.splitlines())
         ok = rc == 0 and scored
         out.append({"task": name, "rc": rc, "ok": ok, "built_itself": "Generating " in stderr,
-                    "error": None if ok else (lines[-1][:300] if lines else "no output")})
+                    "error_type": None if ok else (_EXC.match(raised[-1]).group(1) if raised else f"exit {rc}"),
+                    "error": None if ok else " | ".join(dict.fromkeys((raised[-1:] + lines[-1:])))[:400] or "no output"})
     return out
 
 
@@ -200,8 +206,7 @@ def summarize(trials: List[Dict[str, Any]]) -> Dict[str, Any]:
     errors: Dict[str, int] = {}
     for j in jobs:
         if not j["ok"]:
-            kind = (j["error"] or "").split(":")[0].split()[-1] if j["error"] else str(j["rc"])
-            errors[kind] = errors.get(kind, 0) + 1
+            errors[j["error_type"]] = errors.get(j["error_type"], 0) + 1
     return {"trials": len(trials), "jobs": len(jobs), "failed": sum(not j["ok"] for j in jobs),
             "failures_by_type": errors, "built_itself": sum(j["built_itself"] for j in jobs),
             "written_under_cache": sum(len(t["written"]) for t in trials),
