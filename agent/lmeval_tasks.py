@@ -296,7 +296,9 @@ def resolve(tasks: Sequence[str] | str, include_path: Optional[str] = None, cwd:
     a custom Python loader or a missing file are refused with one SummaryError line
     naming every such task.
     """
-    cwd = os.path.abspath(cwd or os.getcwd())
+    # physical folder: a job's os.getcwd() (what datasets joins relative paths to) never
+    # shows a symlink it was cd'ed through
+    cwd = os.path.realpath(cwd or os.getcwd())
     here = os.getcwd()
     os.chdir(cwd)  # task YAML paths given relative, as the CLI would see them from the job's cwd
     try:
