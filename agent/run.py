@@ -85,19 +85,26 @@ def _build_and_verify(records: List[EntryRecord], cfg: AgentConfig, settings: Bu
     logged once, after its verification."""
     from agent import verify
 
-    # the verification process starts now, so that its imports overlap the builds
-    started = verify.start(settings.consumer, settings.job_env) if cfg.verify and any(
-        r.needs_build for r in records) else None
+    # the verification process starts now, so that its imports overlap the builds, and
+    # verifies each entry as soon as it is built (while the next ones build)
+    verifier = verify.Verifier(settings.consumer, settings.job_env, [str(settings.roots.hf), str(
+        settings.roots.inspect)]) if cfg.verify and any(r.needs_build for r in records) else None
+
+    def done(record: EntryRecord) -> None:
+        progress.advance(record)
+        if verifier is not None:
+            verify.on_built(verifier, record)
+    # the memory budget counts every process the run starts: the verifier too
+    budget = cfg.site.memory_budget_mb - (verifier.rss_mb if verifier else 0.0)
     try:
-        built = schedule.build_all(records, settings, cfg.jobs, cfg.site.memory_budget_mb, progress.advance, cfg.verbose)
+        built = schedule.build_all(records, settings, cfg.jobs, budget, done, cfg.verbose)
     except BaseException:
-        if started is not None:
-            verify.cancel(started)
+        if verifier is not None:
+            verifier.cancel()
         raise
     fresh = [i for i, r in enumerate(built) if records[i].needs_build]
-    if cfg.verify:
-        built = verify.verify_records(built, [i for i in fresh if built[i].status in (
-            Status.BUILT, Status.REBUILT) or built[i].by_other_agent], settings, started)
+    if verifier is not None:
+        built = verify.collect(verifier, built)
     for i in fresh:
         report.log_item(built[i])
     return built

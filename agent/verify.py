@@ -1,23 +1,43 @@
 """Verification with the real consumer, in a fresh process with the job environment.
 
-After building, one subprocess (``python -m agent.verify``) exports exactly the
-environment the manifest tells jobs to export, then makes each entry's real call —
-``inspect_ai.dataset.hf_dataset(...)`` or ``datasets.load_dataset(...)`` — and checks it
-was a pure cache hit: nothing created or modified under either cache root, and the rows
-it returned are the rows the manifest records. Anything else fails the entry.
+One subprocess (``python -m agent.verify``) is started before the builds with exactly
+the environment the manifest tells jobs to export; it imports the consumer library while
+the agent builds, then makes each built entry's real call as soon as that entry is built
+(so verifying entry k overlaps building entry k+1) -- ``inspect_ai.dataset.hf_dataset``
+or ``datasets.load_dataset`` with the job's arguments -- and checks that it was a pure
+cache hit: nothing created or modified under either cache root, the call opened the
+folder the build wrote, and the rows of what it opened (Arrow metadata) are the rows the
+build recorded. Anything else fails the entry.
+
+What the proof no longer does (docs/benchmarks.md): inspect's call is made with
+``limit=1``, so it converts one row into a ``Sample``, not every row (that conversion is
+what a job pays for anyway, and it cost 7 s for 820k rows). ``limit`` is a named
+parameter of ``hf_dataset``, not part of its ``**kwargs``, so it is not in inspect's
+cache key in either key form (tests/test_inspect_layer.py runs both releases).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 # Lock files are created on first use and their mtime moves on every acquisition (they
 # are opened with O_TRUNC); they hold no data, so they are not evidence of a rebuild.
 _IGNORED_SUFFIXES = (".lock",)
+
+# Peak RSS of the verification process: its imports plus the memory-mapped pages it
+# touches, whatever the file size (one row is converted). Measured (the CACHE_VERIFY log
+# line): 200 MB for inspect-ai, 143 MB for datasets; the issue's prototype 329 MB on a
+# 92 MB file. site.memory_budget_mb reserves this much for it, with some margin.
+RSS_MB = {"inspect": 350.0, "datasets": 250.0}
 
 
 def _files(folder: str, seen: Dict[str, Tuple[int, int]]) -> None:
@@ -72,18 +92,46 @@ def snapshot(roots: List[str], watch: Optional[List[str]] = None) -> Dict[str, T
     return seen
 
 
-def _diff(before: Dict[str, Tuple[int, int]], after: Dict[str, Tuple[int, int]]) -> List[str]:
-    """Created paths first (they name what the consumer built), then modified, then removed."""
-    created = sorted(p for p in after if p not in before)
-    modified = sorted(p for p in after if p in before and before[p] != after[p])
-    gone = sorted(p for p in before if p not in after)
-    return created + modified + [f"{p} (removed)" for p in gone]
+def _diff(before: Dict[str, Tuple[int, int]], after: Dict[str, Tuple[int, int]]) -> Dict[str, List[str]]:
+    return {"created": sorted(p for p in after if p not in before),
+            "modified": sorted(p for p in after if p in before and before[p] != after[p]),
+            "removed": sorted(p for p in before if p not in after)}
 
 
-def _consume(consumer: str, call: Dict[str, Any]) -> int:
+# --- inside the verification process ---------------------------------------------------------
+
+
+def _consume(consumer: str, call: Dict[str, Any]) -> Tuple[Optional[int], Optional[str]]:
+    """The job's call (agent.consumers). Returns (rows of the dataset it opened, the folder
+    it opened). The spies below call the real `datasets` functions and return their
+    results unchanged: they only record which dataset the consumer opened, so its rows
+    are read from the Arrow metadata instead of from what the consumer converted."""
+    import datasets
+
     from agent import consumers
 
-    return consumers.get(consumer).consume(call)
+    seen: List[Tuple[str, Any]] = []
+    real_from_disk, real_load = datasets.load_from_disk, datasets.load_dataset
+
+    def from_disk(path: Any, *a: Any, **k: Any) -> Any:  # inspect-ai's cache hit
+        ds = real_from_disk(path, *a, **k)
+        seen.append((os.path.normpath(os.fspath(path)), ds))
+        return ds
+
+    def load(*a: Any, **k: Any) -> Any:  # the datasets consumer; inspect-ai's miss
+        ds = real_load(*a, **k)
+        seen.append((os.path.dirname(ds.cache_files[0]["filename"]) if ds.cache_files else "", ds))
+        return ds
+
+    datasets.load_from_disk, datasets.load_dataset = from_disk, load
+    try:
+        # limit=1: one row is converted (0 would mean "no limit" to inspect-ai <= 0.3.220)
+        consumers.get(consumer).consume(dict(call, limit=1 if call.get("rows") else None))
+    finally:
+        datasets.load_from_disk, datasets.load_dataset = real_from_disk, real_load
+    if not seen:
+        return None, None
+    return seen[0][1].num_rows, seen[0][0] or None
 
 
 def _consumer_roots(consumer: str) -> List[str]:
@@ -93,77 +141,208 @@ def _consumer_roots(consumer: str) -> List[str]:
     return consumers.get(consumer).consumer_roots()
 
 
-def probe(request: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Runs inside the fresh process. One result per call: {ok, rows, error}."""
-    import contextlib
+def probe_one(consumer: str, roots: List[str], call: Dict[str, Any]) -> Dict[str, Any]:
+    """One call's facts: rows, opened, missed, changed, error, and when it ran (t0, t1)."""
     import io
 
+    t0 = time.time()
+    watch = [w for w in call.get("watch", []) if w]
+    before = snapshot(roots, watch)
+    printed = io.StringIO()
+    out: Dict[str, Any] = {"rows": None, "opened": None, "missed": False, "error": None}
+    try:
+        with contextlib.redirect_stdout(printed):  # inspect prints on a cache miss
+            out["rows"], out["opened"] = _consume(consumer, call)
+    except Exception as exc:  # noqa: BLE001 - reported as the entry's failure
+        out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    # inspect-ai prints this only when its own cache folder was not found
+    out["missed"] = "Loading dataset" in printed.getvalue()
+    out["changed"] = _diff(before, snapshot(roots, watch))
+    out["t0"], out["t1"] = t0, time.time()
+    return out
+
+
+def _serve(consumer: str, build_roots: List[str], answers: Any) -> None:
+    """Answer one JSON line per request line until stdin closes."""
     # Watch the roots the build wrote AND the roots this process's consumer really uses:
     # if the job environment points the consumer elsewhere (a site env override, another
     # XDG_CACHE_HOME), its miss writes there, and only watching there shows it.
-    roots = list(dict.fromkeys(request["roots"] + _consumer_roots(request["consumer"])))
-    results = []
-    for call in request["calls"]:
-        watch = [w for w in call.get("watch", []) if w]
-        before = snapshot(roots, watch)
-        printed = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(printed):  # inspect prints on a cache miss
-                rows = _consume(request["consumer"], call)
-        except Exception as exc:  # noqa: BLE001 - reported as the entry's failure
-            results.append({"ok": False, "rows": None, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+    roots = list(dict.fromkeys(build_roots + _consumer_roots(consumer)))
+    for line in sys.stdin:
+        if line.strip():
+            answers.write(json.dumps(probe_one(consumer, roots, json.loads(line))) + "\n")
+            answers.flush()
+
+
+# --- in the agent ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Build:
+    """What one build of this run may have written, and when (wall clock)."""
+
+    start: float
+    end: float
+    paths: List[str]  # its layer folders (empty for a failed build)
+    builder: str
+
+
+def judge(call: Dict[str, Any], facts: Dict[str, Any], roots: List[str], builds: List[_Build]) -> Dict[str, Any]:
+    """{ok, rows, error} for one call. Changes a build of this run made while the call ran
+    (its layer folders, their temporary siblings, the folders above them) are the build's,
+    not the consumer's: verification overlaps the builds."""
+    rows = facts.get("rows")
+    if facts.get("error"):
+        return {"ok": False, "rows": None, "error": facts["error"]}
+    overlapping = [b for b in builds if b.start <= facts["t1"] and b.end >= facts["t0"]]
+    changed = [p for p in facts["changed"]["created"] + facts["changed"]["modified"]
+               if not _excused(p, roots, overlapping)]
+    changed += [f"{p} (removed)" for p in facts["changed"]["removed"] if not _excused(p, roots, overlapping)]
+    if facts.get("missed"):
+        return {"ok": False, "rows": rows, "error": (
+            "the consumer missed the inspect-ai cache and loaded the source again"
+            + (f" (it wrote {changed[0]})" if changed else ""))}
+    if changed:
+        return {"ok": False, "rows": rows, "error": (
+            f"the consumer's call was not a pure cache hit: it wrote {changed[0]}"
+            + (f" and {len(changed) - 1} more" if len(changed) > 1 else ""))}
+    expect = call.get("expect")
+    if expect and facts.get("opened") != os.path.normpath(expect):
+        return {"ok": False, "rows": rows, "error": f"the consumer opened {facts.get('opened')}, the build wrote {expect}"}
+    if rows != call["rows"]:
+        return {"ok": False, "rows": rows, "error": f"the consumer read {rows} rows, the build recorded {call['rows']}"}
+    return {"ok": True, "rows": rows, "error": None}
+
+
+def _excused(path: str, roots: List[str], builds: List[_Build]) -> bool:
+    bare = path.rstrip("/")
+    for build in builds:
+        if not build.paths:  # a failed build: it wrote somewhere under <hf>/<builder>/
+            if any(bare == r or bare.startswith(os.path.join(r, build.builder)) for r in roots):
+                return True
             continue
-        changed = _diff(before, snapshot(roots, watch))
-        if "Loading dataset" in printed.getvalue():
-            # inspect-ai prints this only when its own cache folder was not found
-            results.append({"ok": False, "rows": rows, "error": (
-                "the consumer missed the inspect-ai cache and loaded the source again"
-                + (f" (it wrote {changed[0]})" if changed else ""))})
-        elif changed:
-            results.append({"ok": False, "rows": rows, "error": (
-                f"the consumer's call was not a pure cache hit: it wrote {changed[0]}"
-                + (f" and {len(changed) - 1} more" if len(changed) > 1 else ""))})
-        elif rows != call["rows"]:
-            results.append({"ok": False, "rows": rows, "error": f"the consumer read {rows} rows, the build recorded {call['rows']}"})
-        else:
-            results.append({"ok": True, "rows": rows, "error": None})
-    return results
+        for layer in build.paths:
+            # the folders down to the layer (mtimes move when it is created below them)
+            if layer == bare or layer.startswith(bare + os.sep):
+                return True
+            for root in roots:
+                if not layer.startswith(root + os.sep):
+                    continue
+                top = os.path.join(root, *os.path.relpath(layer, root).split(os.sep)[:2])
+                # inside the layer's own <builder>/<config> (HF) or folder (inspect), or a
+                # temporary or stale sibling of it (.<name>.tmp-..., .<name>.stale-...)
+                if bare == top or bare.startswith(top + os.sep):
+                    return True
+                name = os.path.basename(layer)
+                if os.path.dirname(bare) == os.path.dirname(layer) and os.path.basename(bare).startswith(f".{name}."):
+                    return True
+    return False
 
 
-def start(consumer: str, job_env: Dict[str, str]) -> "subprocess.Popen[str]":
-    """Start the fresh verification process now, before the builds: it imports the
-    consumer library (with the job environment, as a job would) while the agent builds,
-    then waits for its request on stdin. The import (0.7 s for datasets, 1.2 s for
-    inspect-ai) then runs on another core instead of after the builds. It loads nothing
-    before the request comes, so its calls are still a job's first calls."""
-    env = dict(os.environ)
-    env.update(job_env)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return subprocess.Popen([sys.executable, "-m", "agent.verify", consumer], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+class Verifier:
+    """The fresh verification process of one run.
+
+        v = Verifier(consumer, job_env, roots)   # before the builds: it imports meanwhile
+        v.built(...)                             # every finished build (what it wrote, when)
+        v.submit(call)                           # each entry to verify, as soon as it is built
+        v.results()                              # one {ok, rows, error} per submit, in order
+    """
+
+    def __init__(self, consumer: str, job_env: Dict[str, str], roots: List[str]) -> None:
+        self.consumer, self.roots = consumer, [os.path.normpath(r) for r in roots]
+        self.rss_mb = RSS_MB.get(consumer, 400.0)
+        env = dict(os.environ)
+        env.update(job_env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # a file: a chatty library must not block it
+        self._proc = subprocess.Popen([sys.executable, "-m", "agent.verify", consumer, json.dumps(self.roots)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                      text=True, env=env)
+        self._calls: List[Dict[str, Any]] = []
+        self.keys: List[str] = []
+        self._facts: List[Dict[str, Any]] = []
+        self._builds: List[_Build] = []
+        # answers are read as they come, so neither side can block on a full pipe
+        self._reader = threading.Thread(target=self._read, name="verify-answers", daemon=True)
+        self._reader.start()
+        self._broken: Optional[str] = None
+        self.cpu_s = self.maxrss_mb = self.call_s = 0.0  # measured by results()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.strip():
+                self._facts.append(json.loads(line))
+
+    def built(self, paths: List[str], seconds: float, builder: str) -> None:
+        """A build of this run just finished (observed now), having run `seconds`."""
+        # Observed after the build ended and before its own entry is submitted, so an entry's
+        # own build never counts as overlapping its verification; the start has 1 s slack.
+        end = time.time()
+        self._builds.append(_Build(end - seconds - 1.0, end, [os.path.normpath(p) for p in paths], builder))
+
+    def submit(self, call: Dict[str, Any], key: str = "") -> None:
+        """Verify one entry now, while the next builds run. `call`: the LoadCall's fields
+        plus rows (the build's), watch (its cache folders) and expect (the folder the
+        consumer must open); `key` names it in `keys`, aligned with results()."""
+        self._calls.append(call)
+        self.keys.append(key)
+        if self._broken is None:
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(json.dumps(call) + "\n")
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError) as exc:
+                self._broken = str(exc)
+
+    def results(self, timeout: float = 1800) -> List[Dict[str, Any]]:
+        with contextlib.suppress(OSError, ValueError):
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        self._reader.join(timeout)  # ends when the process closes its stdout (exits)
+        if self._reader.is_alive():
+            self.cancel()
+            raise subprocess.TimeoutExpired(self._proc.args, timeout)
+        _, status, usage = os.wait4(self._proc.pid, 0)
+        self._proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s, self.maxrss_mb = usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+        self.call_s = sum(f["t1"] - f["t0"] for f in self._facts)
+        out = []
+        for i, call in enumerate(self._calls):
+            if i < len(self._facts):
+                out.append(judge(call, self._facts[i], self.roots, self._builds))
+            else:
+                self._stderr.seek(0)
+                tail = (self._stderr.read().strip().splitlines() or [f"exit {self._proc.returncode}, no output"])[-1]
+                out.append({"ok": False, "rows": None, "error": f"verification process failed: {tail}"})
+        self._stderr.close()
+        return out
+
+    def cancel(self) -> None:
+        """Nothing (more) to verify: stop the process."""
+        self._proc.kill()
+        self._proc.wait()
+        with contextlib.suppress(OSError, ValueError):
+            self._stderr.close()
 
 
-def cancel(proc: "subprocess.Popen[str]") -> None:
-    """A started verification process that has nothing to verify after all."""
-    proc.kill()
-    proc.communicate()
+def verify(consumer: str, calls: List[Dict[str, Any]], roots: List[str], job_env: Dict[str, str]) -> List[Dict[str, Any]]:
+    """All calls at once, after the builds (no overlap): a Verifier with nothing built."""
+    v = Verifier(consumer, job_env, roots)
+    for call in calls:
+        v.submit(call)
+    return v.results()
 
 
-def verify(consumer: str, calls: List[Dict[str, Any]], roots: List[str], job_env: Dict[str, str],
-           timeout: float = 1800, started: "Optional[subprocess.Popen[str]]" = None) -> List[Dict[str, Any]]:
-    """Run `probe` in a fresh interpreter with the job environment; one result per call.
-    `started`: a process from start() (already past its imports)."""
-    request = json.dumps({"consumer": consumer, "calls": calls, "roots": roots})
-    proc = started if started is not None else start(consumer, job_env)
-    try:
-        stdout, stderr = proc.communicate(request, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        cancel(proc)
-        raise
-    if proc.returncode != 0:
-        tail = (stderr.strip().splitlines() or ["no output"])[-1]
-        return [{"ok": False, "rows": None, "error": f"verification process failed: {tail}"} for _ in calls]
-    return json.loads(stdout.strip().splitlines()[-1])
+# --- the run's side: entry records (agent.entry.EntryRecord) ------------------------------------
+
+
+def wanted(record: Any) -> bool:
+    """Verified: what this run built, and what another agent built while we waited for its
+    lock (it was verified in *its* job environment, not necessarily in ours)."""
+    from agent.entry import Status
+
+    return record.status in (Status.BUILT, Status.REBUILT) or record.by_other_agent
 
 
 def _watched(record: Any) -> List[str]:
@@ -175,44 +354,62 @@ def _watched(record: Any) -> List[str]:
     return out
 
 
-def verify_records(records: List[Any], indices: List[int], settings: Any,
-                   started: "Optional[subprocess.Popen[str]]" = None) -> List[Any]:
-    """Prove records[i] for i in indices with the real consumer call (what another agent
-    built too: it was verified in *its* job environment); a failed proof fails the entry."""
+def on_built(verifier: Verifier, record: Any) -> None:
+    """A build just finished: tell the verifier what it wrote, and verify the entry now,
+    while the next builds run."""
+    verifier.built([layer.dir for layer in record.layers.values()], record.seconds, record.call.builder)
+    if wanted(record):
+        from agent import consumers
+
+        opened = record.layers.get(consumers.get(verifier.consumer).layers[-1])  # what the job's call opens
+        verifier.submit(dict(record.call.to_json(), rows=record.rows, watch=_watched(record),
+                             expect=opened.dir if opened else None), record.key)
+
+
+def collect(verifier: Verifier, records: List[Any]) -> List[Any]:
+    """The verifier's answers for what on_built submitted; a failed proof fails the entry."""
     import dataclasses
 
     from agent.entry import Status
     from agent.logs import event
 
-    if not indices:
-        if started is not None:
-            cancel(started)
+    if not verifier.keys:
+        verifier.cancel()
         return records
-    event("CACHE_VERIFY", f"Loading {len(indices)} dataset(s) with the real {settings.consumer} call in a fresh process")
-    calls = [dict(records[i].call.to_json(), rows=records[i].rows, watch=_watched(records[i])) for i in indices]
-    roots = [str(settings.roots.hf), str(settings.roots.inspect)]
-    results = verify(settings.consumer, calls, roots, settings.job_env, started=started)
+    results = dict(zip(verifier.keys, verifier.results()))
+    event("CACHE_VERIFY", f"Loaded {len(results)} dataset(s) with the real {verifier.consumer} call in a fresh "
+          f"process: {sum(r['ok'] for r in results.values())} pure cache hit(s) ({verifier.call_s:.2f} s in the "
+          f"calls, verifier CPU {verifier.cpu_s:.2f} s, peak {verifier.maxrss_mb:.0f} MB)")
     out = list(records)
-    for i, result in zip(indices, results):
-        if not result["ok"]:
-            out[i] = dataclasses.replace(out[i], status=Status.FAILED,
-                                         error=f"{out[i].call.describe()} (verification: {result['error']})")
+    for i, record in enumerate(out):
+        result = results.get(record.key)
+        if result is not None and not result["ok"] and wanted(record):
+            out[i] = dataclasses.replace(record, status=Status.FAILED,
+                                         error=f"{record.call.describe()} (verification: {result['error']})")
     return out
 
 
-if __name__ == "__main__":
+def main(argv: List[str]) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    if len(sys.argv) > 1:  # started early (see start()): import while the agent builds
-        import contextlib
-
+    consumer, build_roots = argv[0], json.loads(argv[1])
+    # The answers get a private copy of stdout; fd 1 itself goes to stderr, so nothing a
+    # library prints (C code included) can be mistaken for an answer.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    # Import while the agent builds. A broken install fails in the call itself.
+    with contextlib.suppress(Exception):
         from agent import consumers
 
-        with contextlib.suppress(Exception):  # a broken install fails in the call itself
-            consumers.get(sys.argv[1]).preload()
-    raw = sys.stdin.read()
-    if not raw.strip():  # cancelled: nothing to verify
-        sys.exit(0)
-    out = probe(json.loads(raw))
-    sys.stdout.write("\n" + json.dumps(out) + "\n")
+        import datasets  # noqa: F401  (inspect-ai imports it only inside hf_dataset)
+        consumers.get(consumer).preload()
+    _serve(consumer, build_roots, answers)
+    answers.flush()
+    # Nothing to tear down that anyone needs: skip the interpreter's 0.8 s of freeing
+    # datasets/pyarrow/inspect-ai modules once the last answer is written.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -8,7 +8,8 @@ collect the unique ``evaluation.tasks[].dataset`` paths, and call
 status line per path. (The eval jobs are then submitted with a 5-second stagger; that
 part belongs to the submit benchmark, not here.) It builds only the HF layer, keeps no
 record, and re-does every call on every run; the caches go wherever the environment
-(HF_DATASETS_CACHE / HF_HOME) points.
+(HF_DATASETS_CACHE / HF_HOME) points. It runs offline (HF_HUB_OFFLINE=1,
+HF_DATASETS_OFFLINE=1 unless the environment says otherwise), as the jobs do.
 
 Exit code 0 when every path loaded, 1 otherwise.
 """
@@ -35,6 +36,11 @@ def main(argv: list) -> int:
         if path and path not in paths:
             paths.append(path)
 
+    # Offline, as the eval jobs run (the manifest's job environment sets both): without
+    # them every load_dataset first tries the Hub, which on a network-less node stalls in
+    # DNS and made the baseline's re-run look 5-8x slower than it is (issue 14).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from datasets import load_dataset
 
     failed = 0

@@ -50,7 +50,10 @@ def test_quick_subset_prints_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _table_rows(proc.stdout)
     benches = [r[0] for r in rows]
-    assert benches.count("1 unchanged re-run") == 2  # the two --small sizes
+    # the two --small sizes, each for a repeated and a new command line
+    assert benches.count("1 unchanged re-run") == 4
+    assert {r[1] for r in rows if r[0] == "1 unchanged re-run"} == {
+        f"{n} datasets, {what} command line" for n in (3, 6) for what in ("repeated", "new")}
     assert "5 scaling" in benches and benches.count("2 gate") == 2
     for row in rows:
         if row[4] != "-":

@@ -175,6 +175,34 @@ def test_both_key_forms_against_real_releases(tmp_path: Path, caches: Dict[str, 
     assert inspect_key_message(call, "0.3.221") == inspect_key_message(call, "0.3.220").replace("train{", "trainNone{")
 
 
+@pytest.mark.parametrize("release", [pytest.param("0.3.220", marks=pytest.mark.slow),
+                                     pytest.param("0.3.221", marks=pytest.mark.slow), "installed"])
+def test_limit_leaves_the_inspect_cache_lookup_untouched(tmp_path: Path, caches: Dict[str, Path], release: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    """The verifier stops early with hf_dataset(..., limit=1). In both key forms (0.3.220
+    without {revision}, 0.3.221 and later with it), limit must not move the folder: a
+    cold limit=1 call writes the folder of the job's call without limit, and the job's
+    call then hits it, and the other way round."""
+    site = None if release == "installed" else str(request.getfixturevalue(f"inspect_{release.replace('.', '_')}"))
+    ver = version("inspect_ai") if site is None else release
+    calls = awkward_calls(tmp_path / "data")[:2]
+    for first, then in ((calls[0], calls[0]), (calls[1], calls[1])):
+        xdg = tmp_path / f"xdg-{ver}-{first.field}"
+        env = {**job_env_for(caches), "XDG_CACHE_HOME": str(xdg)}
+        roots = CacheRoots(hf=caches["hf"], xdg=xdg)
+        limited = {**job_call(first, roots.inspect), "limit": 1}
+        whole = job_call(then, roots.inspect)
+        order = [limited, whole] if first.field == "test" else [whole, limited]
+        cold, warm = consume(order, env, pythonpath=site)
+        assert cold["missed"] and cold["new_folders"] == [inspect_folder(roots, first, ver).name]
+        assert not warm["missed"] and warm["new_folders"] == []
+        assert {cold["rows"], warm["rows"]} == {1, 30 if first.field == "test" else 1}
+        snapshot = tree(caches["hf"], xdg)
+        assert consume([limited], env, pythonpath=site)[0] == {"rows": 1, "first": cold["first"], "missed": False,
+                                                                "new_folders": []}
+        assert tree(caches["hf"], xdg) == snapshot  # a pure cache hit
+
+
 @pytest.mark.slow
 def test_agent_builds_the_old_key_form_for_an_old_inspect(tmp_path: Path, caches: Dict[str, Path],
                                                           inspect_0_3_220: Path) -> None:
@@ -305,6 +333,49 @@ def test_verification_fails_when_jobs_look_elsewhere(tmp_path: Path, caches: Dic
     assert "Traceback" not in proc.stderr
     entry = read_manifest(summary)["entries"][0]
     assert entry["status"] == "failed" and "verification" in entry["error"]
+
+
+def test_verification_fails_when_jobs_open_another_folder(tmp_path: Path, caches: Dict[str, Path]) -> None:
+    """Jobs pointed at another inspect cache that already holds this call's folder (from an
+    earlier run there): their call is a pure cache hit with the right rows, but it does not
+    read what the agent built. The verifier names the folder the call opened."""
+    data = write_records(tmp_path / "data" / "o.json", 25)
+    summary = write_summary(tmp_path / "exp", [{"name": "o", "dataset": str(data)}])
+    elsewhere = tmp_path / "elsewhere"
+    call = LoadCall("json", str(data), "test", "train")
+    other = CacheRoots(hf=caches["hf"], xdg=elsewhere)
+    assert consume([job_call(call, other.inspect)], {**job_env_for(caches), "XDG_CACHE_HOME": str(elsewhere)})[0]["missed"]
+    proc = run_agent(f"experiment={summary}", "policy=stop", f"+site.env.XDG_CACHE_HOME={elsewhere}")
+    assert proc.returncode == 1
+    failed = [ln for ln in proc.stderr.splitlines() if "CACHE_FAILED" in ln]
+    built = inspect_folder(CacheRoots(hf=caches["hf"], xdg=caches["xdg"]), call, version("inspect_ai"))
+    assert len(failed) == 1
+    assert f"verification: the consumer opened {inspect_folder(other, call, version('inspect_ai'))}, the build wrote {built}" in failed[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_verification_overlapping_builds_passes_and_still_sees_misses(tmp_path: Path, caches: Dict[str, Path]) -> None:
+    """jobs=1, six entries: each is verified while the next one builds (that build writes
+    under both roots meanwhile), and every entry verifies. With the jobs pointed elsewhere,
+    every entry's call misses while the others build, and each is failed for it: what the
+    builds wrote meanwhile is set aside, what the consumer wrote is not."""
+    paths = [write_records(tmp_path / "data" / f"e{i}.json", 10 + i) for i in range(6)]
+    summary = write_summary(tmp_path / "exp", [{"name": f"e{i}", "dataset": str(p)} for i, p in enumerate(paths)])
+    proc = run_agent(f"experiment={summary}", "policy=stop", "jobs=1")
+    assert proc.returncode == 0, proc.stderr
+    doc = read_manifest(summary)
+    assert [e["status"] for e in doc["entries"]] == ["built"] * 6
+    assert [e["rows"] for e in doc["entries"]] == [10 + i for i in range(6)]
+    assert "Loaded 6 dataset(s) with the real inspect call in a fresh process: 6 pure cache hit(s)" in proc.stderr
+
+    elsewhere = tmp_path / "elsewhere"
+    proc = run_agent(f"experiment={summary}", "policy=stop", "jobs=1", "force=true",
+                     f"+site.env.XDG_CACHE_HOME={elsewhere}")
+    assert proc.returncode == 1
+    failed = [ln for ln in proc.stderr.splitlines() if "CACHE_FAILED" in ln]
+    assert len(failed) == 6
+    assert all("verification: the consumer missed the inspect-ai cache and loaded the source again (it wrote "
+               f"{elsewhere / 'inspect_ai' / 'hf_datasets'}" in ln for ln in failed)
 
 
 @pytest.fixture(scope="module")

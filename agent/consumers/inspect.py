@@ -122,8 +122,9 @@ class InspectConsumer(Consumer):
 
         job = LoadCall.from_json(call)
         with in_folder(job.cwd):
+            # limit: the verifier's (agent.verify), not part of inspect-ai's cache key
             return len(hf_dataset(path=job.builder, split=job.split, **named(job), sample_fields=to_sample,
-                                  **job.kwargs()))
+                                  limit=call.get("limit"), **job.kwargs()))
 
     def consumer_roots(self) -> List[str]:
         from platformdirs import user_cache_path  # what inspect_ai._util.appdirs uses
