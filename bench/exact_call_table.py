@@ -21,21 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from scaffold import build  # noqa: E402
+from scaffold import MOCKLLM_JOB, build  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "cluster-agent")
-JOB = r"""
-import json, sys
-from inspect_ai import eval as inspect_eval
-from inspect_ai._util.config import parse_cli_args
-from inspect_ai.model import ModelOutput, ModelUsage, get_model
-
-def outputs():
-    while True:
-        out = ModelOutput.from_content(model="mockllm", content="x")
-        out.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
-        yield out
-
+JOB = "import json, sys\n" + MOCKLLM_JOB + r"""
 job = json.loads(sys.argv[1])
 try:
     log = inspect_eval(job["task_script"], model=get_model("mockllm/model", custom_outputs=outputs()),

@@ -30,6 +30,21 @@ import yaml
 
 CONDITION_HASH = "3f9a1c2e"
 
+# The start of a real inspect-ai job script (tests and bench/exact_call_table.py): mockllm
+# with outputs that carry token usage, since plain mockllm/model counts tokens with
+# tiktoken, which downloads its encoding (no network here).
+MOCKLLM_JOB = r"""
+from inspect_ai import eval as inspect_eval
+from inspect_ai._util.config import parse_cli_args
+from inspect_ai.model import ModelOutput, ModelUsage, get_model
+
+def outputs():
+    while True:
+        out = ModelOutput.from_content(model="mockllm", content="x")
+        out.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+        yield out
+"""
+
 # Row counts of every part of every data file (tests assert the rows a job reads).
 ROWS = {
     "data/words.json": {"train": 30, "validation": 40, "test": 60},

@@ -19,7 +19,7 @@ import pytest
 
 from agent import cells
 from agent.errors import EXIT_USAGE, CellError, TaskScriptError
-from scaffold import CONDITION_HASH, Scaffold, build
+from scaffold import CONDITION_HASH, MOCKLLM_JOB, Scaffold, build
 
 
 @pytest.fixture
@@ -110,18 +110,7 @@ def test_source_file_is_the_real_file_for_grouping(scaffold: Scaffold) -> None:
 # does (task_args parsed by inspect's own -T parser), each cell with fresh cache roots.
 # mockllm with outputs that carry token usage: plain mockllm/model counts tokens with
 # tiktoken, which downloads its encoding (no network here).
-_REAL = r"""
-import json, os, sys
-from inspect_ai import eval as inspect_eval
-from inspect_ai._util.config import parse_cli_args
-from inspect_ai.model import ModelOutput, ModelUsage, get_model
-
-def outputs():
-    while True:
-        out = ModelOutput.from_content(model="mockllm", content="x")
-        out.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
-        yield out
-
+_REAL = "import json, os, sys\n" + MOCKLLM_JOB + r"""
 import datasets
 results = {}
 for job in json.loads(sys.argv[1]):
@@ -309,18 +298,7 @@ def test_build_kwargs_build_the_folder_the_job_reads(scaffold: Scaffold, tmp_pat
     assert [results[n]["rows"] for n in names] == [50, 60, 50]  # no limit when building: the whole field
 
 
-_JOB = r"""
-import json, os, sys
-from inspect_ai import eval as inspect_eval
-from inspect_ai._util.config import parse_cli_args
-from inspect_ai.model import ModelOutput, ModelUsage, get_model
-
-def outputs():
-    while True:
-        out = ModelOutput.from_content(model="mockllm", content="x")
-        out.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
-        yield out
-
+_JOB = "import json, os, sys\n" + MOCKLLM_JOB + r"""
 job = json.loads(sys.argv[1])
 log = inspect_eval(job["task_script"], model=get_model("mockllm/model", custom_outputs=outputs()),
                    task_args=parse_cli_args(job["targs"]), log_dir=job["logs"], display="none")[0]
