@@ -124,11 +124,13 @@ def test_broken_summary(built, case):
     one_error(result.stderr, *phrases)
 
 
-def test_summary_path_is_a_folder(built):
+def test_summary_path_is_a_folder_without_a_summary(built):
+    """experiment=<folder holding experiment_summary.yaml> means that file (issue 12); a
+    folder without one is one line, exit 2, nothing touched."""
     snap = Snapshot(built)
-    result = run_agent(f"experiment={built['exp']}", env=built["env"])
+    result = run_agent(f"experiment={built['exp'] / 'data'}", env=built["env"])
     assert result.returncode == 2
-    one_error(result.stderr, "is a folder")
+    one_error(result.stderr, "a folder without experiment_summary.yaml")
     snap.unchanged()
 
 
