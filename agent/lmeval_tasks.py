@@ -404,7 +404,8 @@ def probe(request: Mapping[str, Any]) -> Dict[str, Any]:
             loaded = load_tasks(request["tasks"], request.get("include_path"))
     except Exception as exc:  # noqa: BLE001 - reported as the verification's failure
         return {"ok": False, "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}", "tasks": {}}
-    changed = _diff(before, snapshot(roots, watch))
+    diff = _diff(before, snapshot(roots, watch))  # created, modified, removed
+    changed = diff["created"] + diff["modified"] + [f"{p} (removed)" for p in diff["removed"]]
     rows = {name: {k: v.num_rows for k, v in task.dataset.items()} if hasattr(task.dataset, "items")
             else {"train": task.dataset.num_rows} for name, task in loaded["tasks"].items()}
     if changed:
