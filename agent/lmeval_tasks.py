@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from agent.build import in_folder  # run a call in the job's folder (shared with the other consumers)
 from agent.errors import ConfigError, SourceError, SummaryError
 
 # `datasets` builders that read local files named by data_files (the ones we build and
@@ -358,17 +359,6 @@ def job_env(hf_cache: str | Path, extra: Optional[Mapping[str, str]] = None) -> 
     return env
 
 
-@contextlib.contextmanager
-def _in_folder(folder: Optional[str]) -> Iterator[None]:
-    here = os.getcwd()
-    if folder:
-        os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(here)
-
-
 def prebuild(call: LmEvalCall) -> Dict[str, Any]:
     """Make the exact call (in the call's cwd), so the jobs' identical call is a cache hit.
 
@@ -377,7 +367,7 @@ def prebuild(call: LmEvalCall) -> Dict[str, Any]:
     """
     import datasets
 
-    with _in_folder(call.cwd):
+    with in_folder(call.cwd or None):
         try:
             ds = datasets.load_dataset(**call.load_kwargs())
         except FileNotFoundError as exc:
@@ -400,7 +390,7 @@ def probe(request: Mapping[str, Any]) -> Dict[str, Any]:
     watch = [w for w in request.get("watch", []) if w]
     before = snapshot(roots, watch)
     try:
-        with _in_folder(request.get("cwd")):
+        with in_folder(request.get("cwd") or None):
             loaded = load_tasks(request["tasks"], request.get("include_path"))
     except Exception as exc:  # noqa: BLE001 - reported as the verification's failure
         return {"ok": False, "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}", "tasks": {}}

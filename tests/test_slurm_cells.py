@@ -34,18 +34,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SUBMIT = REPO / "recipes" / "submit.py"
 ACTIVATE = f"source {Path(sys.executable).parent / 'activate'}"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
-ECHO = '''
-from inspect_ai.solver import Generate, TaskState, solver
-
-
-@solver
-def echo_target():
-    async def solve(state: TaskState, generate: Generate) -> TaskState:
-        state.output.completion = state.target.text
-        return state
-
-    return solve
-'''
+# the no-model solver of tests/slurm_support/echo_task.py (the inspect recipe's test task)
+_ECHO_TASK = (REPO / "tests" / "slurm_support" / "echo_task.py").read_text()
+ECHO = "\nfrom inspect_ai.solver import Generate, TaskState, solver\n\n" + _ECHO_TASK[
+    _ECHO_TASK.index("@solver"):_ECHO_TASK.index("\n\n\n@task")] + "\n"
 
 
 def _states(job_ids):
