@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from agent import consumers, diagnose, locks
-from agent.entry import EntryRecord, Layer, LoadCall, Status, assess, layer_problems
+from agent.entry import EntryRecord, Layer, LoadCall, Status, assess, fingerprint_more, layer_problems
 from agent.errors import LockTimeout, SourceError
 from agent.fingerprint import Fingerprint, fingerprint
 from agent.netfs import ensure_dir
@@ -135,14 +135,22 @@ def publish_folder(tmp: Path, target: Path) -> None:
     os.rename(tmp, target)
 
 
-def hf_layer_whole(folder: Path, split: str) -> bool:
-    """Info file present and the Arrow files hold the rows the info file promises."""
+def hf_layer_whole(folder: Path, split: Optional[str]) -> bool:
+    """Info file present and the Arrow files hold the rows the info file promises
+    (split=None: every split the info file lists, as a call without split= loads them)."""
     info_path = folder / "dataset_info.json"
     try:
         info = json.loads(info_path.read_text())
-        expected = int(info["splits"][split]["num_examples"])
-    except (OSError, ValueError, KeyError, TypeError):
+        splits = list(info["splits"]) if split is None else [split]
+        expected = {s: int(info["splits"][s]["num_examples"]) for s in splits}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+    if not expected:
+        return False
+    return all(_split_whole(folder, s, n) for s, n in expected.items())
+
+
+def _split_whole(folder: Path, split: str, expected: int) -> bool:
     import pyarrow as pa
 
     rows = 0
@@ -177,9 +185,26 @@ def _build_hf(call: LoadCall, replace: bool, notes: List[str], lock_kind: str, l
             notes.append(f"repaired broken HF cache {hf_dir}")
             move_aside(hf_dir)
     with in_folder(call.cwd):
-        ds = datasets.load_dataset(call.builder, split=call.split, **named(call), **call.kwargs())
-    folder = Path(ds.cache_files[0]["filename"]).parent if ds.cache_files else hf_dir
+        ds = datasets.load_dataset(call.builder, **split_arg(call), **named(call), **call.kwargs())
+    files = cache_files(ds)
+    folder = Path(files[0]).parent if files else hf_dir
     return ds, folder
+
+
+def split_arg(call: LoadCall) -> Dict[str, str]:
+    """split= as the job passes it: an lm-eval job passes none (the whole DatasetDict)."""
+    return {} if call.split is None else {"split": call.split}
+
+
+def cache_files(ds) -> List[str]:
+    """The Arrow files a Dataset (or every split of a DatasetDict) reads."""
+    parts = ds.cache_files.values() if isinstance(ds.cache_files, dict) else [ds.cache_files]
+    return [f["filename"] for part in parts for f in part]
+
+
+def total_rows(ds) -> int:
+    rows = ds.num_rows
+    return sum(rows.values()) if isinstance(rows, dict) else int(rows)
 
 
 @contextlib.contextmanager
@@ -290,6 +315,8 @@ def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:
     fresh = bool(record.source and record.source.sha256)
     current = record.source if fresh else previous
     before = _fingerprint_while_importing(call.source(), current, trust_stat=True if fresh else None)
+    # a call's further files (lm-eval's mapping of splits): few and small; hashed here
+    more_before = fingerprint_more(call, record if fresh else record.previous)
     key = record_key(call, s.consumer, s.versions)
     try:
         lock = locks.hold(locks_dir(s.roots) / f"{key}.lock", s.lock_kind, s.lock_timeout_s, s.lock_stale_s)
@@ -297,15 +324,15 @@ def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:
     except LockTimeout as exc:
         raise LockTimeout(f"{call.describe()} (not built: {exc})") from None
     try:
-        return _build_locked(record, s, before, records_dir(s.roots) / f"{key}.json", t0)
+        return _build_locked(record, s, before, more_before, records_dir(s.roots) / f"{key}.json", t0)
     finally:
         lock.__exit__(None, None, None)
 
 
-def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, record_path: Path,
-                  t0: float) -> EntryRecord:
+def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, more_before: Dict[str, Fingerprint],
+                  record_path: Path, t0: float) -> EntryRecord:
     call = record.call
-    path = call.data_files  # messages name the string as the job passes it
+    path = call.shown  # messages name the string as the job passes it
     plugin = consumers.get(s.consumer)
     notes: List[str] = []
     for gone in locks.clean_leftovers(record_path.parent, f".{record_path.name}.tmp-", s.lock_stale_s):
@@ -313,15 +340,19 @@ def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, re
     shared_doc = _read_record(record_path)
     shared = EntryRecord.parse(shared_doc) if shared_doc else None
     if (not s.force and shared is not None
-            and assess(shared, before, plugin.layers, plugin.expected(s.roots, call, s.versions)) is None):
+            and assess(shared, before, plugin.layers, plugin.expected(s.roots, call, s.versions), more_before) is None):
         return replace_fields(record, status=Status.UNCHANGED, rows=shared.rows, layers=shared.layers,
-                              source=before, seconds=time.perf_counter() - t0, by_other_agent=True,
+                              source=before, more_sources=more_before, seconds=time.perf_counter() - t0, by_other_agent=True,
                               notes=notes + ["built by another agent"])
     # The same HF key with other content: the HF folder must be replaced, not reused.
     previous = record.previous.source if record.previous else None
     old = shared.source if shared is not None and shared.source is not None else previous
     content_moved = old is not None and old.sha256 != before.sha256
     replace = s.force or (content_moved and old is not None and old.mtime_ns == before.mtime_ns)
+    old_more = shared.more_sources if shared is not None and shared.source is not None else (
+        record.previous.more_sources if record.previous else {})
+    replace = replace or any(p in old_more and old_more[p].sha256 != fp.sha256 and old_more[p].mtime_ns == fp.mtime_ns
+                             for p, fp in more_before.items())
     if shared is None and previous is None:
         replace = replace or _older_than_source(call, before)
     try:
@@ -337,16 +368,18 @@ def _build_locked(record: EntryRecord, s: BuildSettings, before: Fingerprint, re
     except OSError as exc:
         raise SourceError(f"{path} (writing the {plugin.extra_title} cache failed: {exc.strerror or exc}; "
                           "nothing was published)") from exc
-    rows = ds.num_rows
+    rows = total_rows(ds)
     try:
         after = fingerprint(call.source(), before)
+        more_after = fingerprint_more(call, replace_fields(record, more_sources=more_before))
     except SourceError as exc:
         raise SourceError(f"{path} (removed or unreadable while it was being built; restore it and run "
                           "cluster-agent again)", missing=exc.missing) from None
-    if after.sha256 != before.sha256 or after.mtime_ns != before.mtime_ns:
+    moved = [p for p, fp in more_after.items() if (fp.sha256, fp.mtime_ns) != (more_before[p].sha256, more_before[p].mtime_ns)]
+    if after.sha256 != before.sha256 or after.mtime_ns != before.mtime_ns or moved:
         raise SourceError(f"{path} (changed while it was being built; run cluster-agent again)")
     status = Status.REBUILT if old is not None or replace else Status.BUILT
-    built = replace_fields(record, status=status, rows=rows, layers=layers, source=before,
+    built = replace_fields(record, status=status, rows=rows, layers=layers, source=before, more_sources=more_before,
                            seconds=time.perf_counter() - t0, notes=notes, error=None)
     ensure_dir(record_path.parent)
     write_json_atomic(record_path, {**built.to_json(plugin.python(call)), "consumer": s.consumer,

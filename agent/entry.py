@@ -53,12 +53,16 @@ class LoadCall:
     `data_files` is the string as the job passes it. A relative one is taken in `cwd`
     (`datasets` joins it to the working folder for its key; inspect-ai keys on the string
     alone). `source()` names the file, for fingerprinting and grouping only.
+
+    An lm-eval job's call (agent.consumers.lm_eval) passes no split (`split=None`: the
+    whole DatasetDict) and may pass `data_files` as a list or a mapping of splits, kept
+    exactly as the task wrote it; `files()` then names every file it opens.
     """
 
     builder: str
-    data_files: str
+    data_files: Any  # str, or (lm-eval) a list of str or a {split: str | [str]} mapping
     field: Optional[str]
-    split: str
+    split: Optional[str]
     cwd: Optional[str] = None  # the folder the job runs its call in; None = data_files is absolute
     name: Optional[str] = None
     data_dir: Optional[str] = None
@@ -91,11 +95,31 @@ class LoadCall:
             return {k: out[k] for k in self.order if k in out}
         return out
 
+    def patterns(self) -> List[str]:
+        """Every path string in data_files, in the order the job wrote them."""
+        files = self.data_files
+        if isinstance(files, str):
+            return [files]
+        if isinstance(files, Mapping):
+            return [p for v in files.values() for p in ([v] if isinstance(v, str) else list(v))]
+        return [str(p) for p in files]
+
+    def files(self) -> List[str]:
+        """The paths `datasets` opens: each data_files string joined to the job's folder
+        (not normalised), first one first."""
+        out = []
+        for pattern in self.patterns():
+            out.append(pattern if self.cwd is None or os.path.isabs(pattern) else os.path.join(self.cwd, pattern))
+        return list(dict.fromkeys(out))
+
     def source(self) -> str:
-        """The path `datasets` opens: data_files joined to the job's folder (not normalised)."""
-        if self.cwd is None or os.path.isabs(self.data_files):
-            return self.data_files
-        return os.path.join(self.cwd, self.data_files)
+        """The (first) path `datasets` opens: data_files joined to the job's folder."""
+        return self.files()[0]
+
+    @property
+    def shown(self) -> str:
+        """data_files as messages name it: the job's string, or the mapping/list as JSON."""
+        return self.data_files if isinstance(self.data_files, str) else json.dumps(self.data_files)
 
     def key(self) -> str:
         """A stable id of the call (not of any library version). The simple call keeps the
@@ -107,10 +131,11 @@ class LoadCall:
         return hashlib.sha256(json.dumps(raw, default=repr).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        where = f" in {self.cwd}" if self.cwd and not os.path.isabs(self.data_files) else ""
+        relative = any(not os.path.isabs(p) for p in self.patterns())
+        where = f" in {self.cwd}" if self.cwd and relative else ""
         details = [f"field={self.field}"] if self.field else []
         details += [f"{k}={v!r}" for k, v in self.extra]
-        return f"{self.data_files}{where}" + (f" ({', '.join(details)})" if details else "")
+        return f"{self.shown}{where}" + (f" ({', '.join(details)})" if details else "")
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"builder": self.builder, "data_files": self.data_files, "field": self.field,
@@ -129,7 +154,9 @@ class LoadCall:
         def opt(key: str) -> Optional[str]:
             return None if doc.get(key) is None else str(doc[key])
 
-        return LoadCall(str(doc["builder"]), str(doc["data_files"]), opt("field"), str(doc["split"]),
+        files = doc["data_files"]
+        files = files if isinstance(files, (dict, list)) else str(files)
+        return LoadCall(str(doc["builder"]), files, opt("field"), opt("split"),
                         cwd=opt("cwd"), name=opt("name"), data_dir=opt("data_dir"), revision=opt("revision"),
                         extra=tuple((str(k), v) for k, v in doc.get("extra") or ()),
                         order=tuple(str(k) for k in doc.get("order") or ()))
@@ -158,7 +185,11 @@ class EntryRecord:
     tasks: List[str] = field(default_factory=list)
     written: str = ""  # the path as the summary wrote it (first task's)
     hazards: List[str] = field(default_factory=list)
-    source: Optional[Fingerprint] = None
+    source: Optional[Fingerprint] = None  # of call.files()[0]
+    more_sources: Dict[str, Fingerprint] = field(default_factory=dict)  # of call.files()[1:], by path
+    # what the consumer needs to remake its jobs' own loading (lm-eval: the task names and
+    # include_path that make this call); {} for the others
+    job: Dict[str, Any] = field(default_factory=dict)
     layers: Dict[str, Layer] = field(default_factory=dict)
     rows: Optional[int] = None
     status: Optional[Status] = None  # None while planned; one Status once decided
@@ -187,6 +218,8 @@ class EntryRecord:
             "written": self.written,
             "hazards": list(self.hazards),
             "source": self.source.to_json() if self.source else None,
+            **({"more_sources": {k: v.to_json() for k, v in self.more_sources.items()}} if self.more_sources else {}),
+            **({"job": dict(self.job)} if self.job else {}),
             "layers": {k: v.to_json() for k, v in self.layers.items()},
             "rows": self.rows,
             "status": str(self.status) if self.status else None,
@@ -204,6 +237,8 @@ class EntryRecord:
             written=str(doc.get("written") or ""),
             hazards=[str(h) for h in doc.get("hazards") or []],
             source=Fingerprint.from_json(src) if isinstance(src, dict) else None,
+            more_sources={str(k): Fingerprint.from_json(v) for k, v in (doc.get("more_sources") or {}).items()},
+            job=dict(doc.get("job") or {}),
             layers={str(k): Layer.from_json(v) for k, v in (doc.get("layers") or {}).items()},
             rows=None if doc.get("rows") is None else int(doc["rows"]),
             status=Status(doc["status"]) if doc.get("status") else None,
@@ -218,6 +253,16 @@ class EntryRecord:
             return EntryRecord.from_json(doc)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
+
+
+def fingerprint_more(call: LoadCall, previous: Optional[EntryRecord], content: bool = True
+                     ) -> Dict[str, Fingerprint]:
+    """The fingerprints now of every file the call opens after its first (SourceError if
+    one is gone), each hashed only when its stat moved from `previous`'s record of it."""
+    from agent.fingerprint import fingerprint
+
+    old = previous.more_sources if previous is not None else {}
+    return {p: fingerprint(p, old.get(p), content=content) for p in call.files()[1:]}
 
 
 # --- what a whole layer looks like ------------------------------------------------------
@@ -256,7 +301,8 @@ def layer_problems(kind: str, layer: Layer) -> List[str]:
 
 
 def assess(record: Optional[EntryRecord], now: Fingerprint, layers: Sequence[str],
-           expected: Mapping[str, Tuple[Path, Optional[Path]]]) -> Optional[str]:
+           expected: Mapping[str, Tuple[Path, Optional[Path]]],
+           now_more: Optional[Mapping[str, Fingerprint]] = None) -> Optional[str]:
     """None if `record` still describes caches a job would hit for the source as it is
     `now`; else the first reason it does not (a short phrase, no advice).
 
@@ -264,7 +310,8 @@ def assess(record: Optional[EntryRecord], now: Fingerprint, layers: Sequence[str
     job's environment points that layer at, the exact folder the job will look up or
     None where only `datasets` could compute it). The same rule everywhere: content and
     mtime (part of the HF key) must be as built, every layer present and whole where the
-    job will look.
+    job will look. `now_more`: the fingerprints now of a call's further files
+    (record.more_sources' paths; see fingerprint_more), held to the same rule.
     """
     if record is None:
         return "not built yet"
@@ -276,6 +323,14 @@ def assess(record: Optional[EntryRecord], now: Fingerprint, layers: Sequence[str
         return "changed since the pre-build (content hash differs): its caches hold the old rows"
     if record.source.mtime_ns != now.mtime_ns:
         return "has a new mtime since the pre-build: datasets looks under a new HF cache key"
+    for path, old in record.more_sources.items():
+        fp = (now_more or {}).get(path)
+        if fp is None:
+            return f"its file {path} was not checked"
+        if fp.sha256 is not None and old.sha256 != fp.sha256:
+            return f"changed since the pre-build ({path}: content hash differs): its caches hold the old rows"
+        if old.mtime_ns != fp.mtime_ns:
+            return f"has a new mtime since the pre-build ({path}): datasets looks under a new HF cache key"
     for kind in layers:
         layer = record.layers.get(kind)
         if layer is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO
 
 from agent import consumers
-from agent.entry import EntryRecord, LoadCall, assess
+from agent.entry import EntryRecord, LoadCall, assess, fingerprint_more
 from agent.errors import EXIT_GATE, EXIT_PROCEED, EXIT_USAGE, AgentError, ConfigError, ManifestError, SourceError
 from agent.fingerprint import fingerprint
 from agent.layers import CacheRoots
@@ -26,10 +26,10 @@ _FAST_KEYS = {"action", "experiment", "manifest", "task", "output", "verbose", "
 _AGAIN = "run cluster-agent again"
 
 
-def _versions() -> Dict[str, Optional[str]]:
+def _versions(keying: tuple = ()) -> Dict[str, Optional[str]]:
     from agent.versions import KEYING_LIBRARIES, versions  # dist-info lookup: no importlib.metadata import
 
-    return versions(KEYING_LIBRARIES)
+    return versions(KEYING_LIBRARIES + tuple(n for n in keying if n not in KEYING_LIBRARIES))
 
 
 def check(manifest_path: Path, task: Optional[str] = None, versions: Optional[Dict[str, Optional[str]]] = None,
@@ -73,7 +73,7 @@ def _check_once(manifest_path: Path, task: Optional[str], versions: Optional[Dic
         problems.append(f"manifest {manifest_path} was built for consumer={built_for.name}, but this job is "
                         f"consumer={job.name}: its {', '.join(missing_layers)} cache was not pre-built; run "
                         f"cluster-agent consumer={job.name}")
-    installed = versions if versions is not None else _versions()
+    installed = versions if versions is not None else _versions(job.keying)
     for lib in job.keying:
         built_with, here = doc["versions"].get(lib), installed.get(lib)
         if built_with != here:
@@ -136,7 +136,7 @@ def _refused(manifest_path: Path, task: Optional[str], problems: List[str]) -> D
 
 def _entry_problems(doc: Dict[str, Any], entry: Dict[str, Any], job: Any, roots: CacheRoots,
                     installed: Dict[str, Optional[str]]) -> List[str]:
-    path = entry["call"]["data_files"]
+    path = str(entry["call"]["data_files"])
     ctx = entry_context(doc, entry)
     if ctx != context(doc):
         return [f"{path} was pre-built for another context ({'; '.join(context_change(ctx, context(doc)))}) and "
@@ -154,10 +154,11 @@ def _entry_problems(doc: Dict[str, Any], entry: Dict[str, Any], job: Any, roots:
         return [f"{path}: manifest entry has no usable source fingerprint (edited by hand?); {_AGAIN}"]
     try:
         now = fingerprint(record.call.source(), record.source)
+        more = fingerprint_more(record.call, record)
     except SourceError as exc:
         return [f"{exc} since the pre-build; restore it or {_AGAIN}"]
     try:
-        reason = assess(record, now, job.layers, job.expected(roots, record.call, installed))
+        reason = assess(record, now, job.layers, job.expected(roots, record.call, installed), more)
     except (KeyError, TypeError, ValueError, AttributeError):
         return [f"{path}: layer record is malformed (edited by hand?); {_AGAIN}"]
     if reason is None:

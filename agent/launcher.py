@@ -143,10 +143,18 @@ def read_summary(cfg: AgentConfig) -> Any:
 
 def plan_size(cfg: AgentConfig) -> Tuple[Path, int]:
     """(summary path, number of entries) without importing datasets; summary errors surface here."""
+    summary = read_summary(cfg)
+    return summary.path, len(_plan(cfg, summary, cfg.task))
+
+
+def _plan(cfg: AgentConfig, summary: Any, task: Optional[str] = None) -> list:
+    """The summary's entries as the pre-build plans them for this consumer (lm-eval
+    resolves its tasks itself), without importing datasets for the others."""
+    from agent import consumers
     from agent.plan import make_plan
 
-    summary = read_summary(cfg)
-    return summary.path, len(make_plan(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task))
+    own = consumers.get(cfg.consumer.kind.name).plan(summary, task)
+    return own if own is not None else make_plan(summary, cfg.consumer.split, cfg.consumer.default_field, task)
 
 
 def render_prebuild(cfg: AgentConfig, argv: Sequence[str], n_entries: int, folder: Path, cwd: Path,
@@ -234,6 +242,10 @@ def _matrix(raw: Any, path: Path, names: List[str]) -> Optional[List[Tuple[Optio
     return pairs
 
 
+# the placeholders that need the entries' calls (the others come from the summary)
+_CALL_PLACEHOLDERS = ("builder", "data_files", "field", "split", "python_call", "field_arg", "split_arg")
+
+
 def default_command(consumer: str, model: Optional[str]) -> str:
     """The consumer step when --command is not given."""
     from agent import consumers
@@ -254,12 +266,15 @@ def eval_jobs(cfg: AgentConfig, command: Optional[str] = None, model: Optional[s
     import yaml
 
     from agent import paths as locations
-    from agent.plan import make_plan
 
     paths = locations.for_config(cfg)
     summary = read_summary(cfg)
-    entries = make_plan(summary, cfg.consumer.split, cfg.consumer.default_field)
+    template = command or default_command(cfg.consumer.kind.name, model)
+    # the calls only when the template names them (lm-eval's plan indexes its tasks: ~8 s)
+    uses_call = any(f"{{{k}}}" in template for k in _CALL_PLACEHOLDERS)
+    entries = _plan(cfg, summary) if uses_call else []
     call_of = {task: entry.call for entry in entries for task in entry.tasks}
+    task_of = {t.name: t for t in summary.tasks}
     raw = yaml.safe_load(paths.summary.read_text(encoding="utf-8"))
     scripts = {str(t.get("name")): t.get("script") for t in raw["evaluation"]["tasks"] if isinstance(t, dict)}
     names = [t.name for t in summary.tasks]
@@ -269,24 +284,31 @@ def eval_jobs(cfg: AgentConfig, command: Optional[str] = None, model: Optional[s
         if unknown:
             raise SummaryError(f"--only {','.join(unknown)}: not a task of {paths.summary}; tasks: {', '.join(names)}")
         pairs = [p for p in pairs if p[1] in only]
-    template = command or default_command(cfg.consumer.kind.name, model)
     jobs = []
     for index, (run, task) in enumerate(pairs):
-        call = call_of[task]
+        call = call_of.get(task)
         script = scripts.get(task)
         if "{script}" in template and not script:
             raise SummaryError(f"task '{task}' has no script in {paths.summary}: add script: PATH or pass --command")
+        lm_task = task_of[task].lm_eval_task
+        if "{lm_eval_task}" in template and not lm_task:
+            raise SummaryError(f"task '{task}' has no lm_eval_task in {paths.summary}: add lm_eval_task: NAME "
+                               "or pass --command")
+        include = task_of[task].include_path
         values = {
-            "task": task, "run": run or "", "index": str(index), "builder": call.builder,
-            "data_files": call.data_files, "field": call.field or "", "split": call.split,
-            "manifest": str(paths.manifest), "model": model or "",
+            "task": task, "run": run or "", "index": str(index), "builder": call.builder if call else "",
+            "data_files": call.shown if call else "", "field": (call.field or "") if call else "",
+            "split": (call.split or "") if call else "", "manifest": str(paths.manifest), "model": model or "",
             # as written: relative paths resolve in the job's cwd, the summary's folder (render_eval)
-            "script": os.path.normpath(script) if script else "",
-            "python_call": f"import datasets; ds = {_python_call(call)}; print(\"rows:\", ds.num_rows)",
+            "script": os.path.normpath(script) if script else "", "lm_eval_task": lm_task or "",
+            "python_call": (f"import datasets; ds = {_python_call(call)}; print(\"rows:\", ds.num_rows)"
+                            if call else ""),
         }
         quoted = {k: shlex.quote(v) for k, v in values.items()}
-        quoted["field_arg"] = f"-T field={shlex.quote(call.field)}" if call.field else ""
-        quoted["split_arg"] = f"-T split={shlex.quote(call.field)}" if call.field else ""  # field=split in the task
+        field = call.field if call else None
+        quoted["field_arg"] = f"-T field={shlex.quote(field)}" if field else ""
+        quoted["split_arg"] = f"-T split={shlex.quote(field)}" if field else ""  # field=split in the task
+        quoted["include_path_arg"] = f"--include_path {shlex.quote(include)}" if include else ""
         try:
             text = template.format(**quoted).strip()
         except (KeyError, IndexError, ValueError) as exc:

@@ -217,6 +217,32 @@ def _recording() -> Iterator[List[Any]]:
             cls.__init__ = init
 
 
+_MANAGERS: Dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def _index_once() -> Iterator[None]:
+    """One TaskManager per (include_path, metadata) in this process: building one indexes
+    every task YAML lm-eval ships (~14,000 files, ~6 s), and the verifier loads the tasks
+    of several entries. The index is read-only; each load builds new task objects, as a
+    job's one load does. process_tasks looks the class up on lm_eval.tasks at call time."""
+    import lm_eval.tasks
+
+    real = lm_eval.tasks.TaskManager
+
+    def memo(*args: Any, **kwargs: Any) -> Any:
+        key = json.dumps([args, kwargs], sort_keys=True, default=str)
+        if key not in _MANAGERS:
+            _MANAGERS[key] = real(*args, **kwargs)
+        return _MANAGERS[key]
+
+    lm_eval.tasks.TaskManager = memo
+    try:
+        yield
+    finally:
+        lm_eval.tasks.TaskManager = real
+
+
 def _task_list(tasks: Sequence[str] | str) -> str:
     return tasks if isinstance(tasks, str) else ",".join(tasks)
 
@@ -237,7 +263,8 @@ def load_tasks(tasks: Sequence[str] | str, include_path: Optional[str] = None,
         raise SummaryError(f"lm_eval include_path {include_path} is not a folder; give the folder of your task YAMLs")
     try:
         cfg = EvaluatorConfig(tasks=_task_list(tasks), include_path=include_path, metadata=metadata or {})
-        manager = cfg.process_tasks(cfg.metadata)
+        with _index_once():
+            manager = cfg.process_tasks(cfg.metadata)
         return manager.load(cfg.tasks)
     except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError, AttributeError) as exc:
         msg = (str(exc).splitlines() or [type(exc).__name__])[0].strip("'\"")
@@ -251,13 +278,21 @@ def load_tasks(tasks: Sequence[str] | str, include_path: Optional[str] = None,
 def capture_calls(tasks: Sequence[str] | str, include_path: Optional[str] = None,
                   metadata: Optional[Dict[str, Any]] = None) -> List[Tuple[str, Optional[Dict[str, Any]], bool]]:
     """(leaf task name, the load_dataset kwargs it passes or None, uses custom_dataset) per task."""
+    return _capture(tasks, include_path, metadata)[0]
+
+
+def _capture(tasks: Sequence[str] | str, include_path: Optional[str] = None,
+             metadata: Optional[Dict[str, Any]] = None
+             ) -> Tuple[List[Tuple[str, Optional[Dict[str, Any]], bool]], Dict[str, List[str]]]:
+    """capture_calls, plus lm-eval's group map ({group: [children]}) of what it loaded."""
     require_lm_eval()
     with _recording():
         loaded = load_tasks(tasks, include_path, metadata)
     out = []
     for name, task in loaded["tasks"].items():
         out.append((name, getattr(task, "_cluster_agent_call", None), bool(getattr(task, "_cluster_agent_custom", False))))
-    return out
+    group_map = {str(k): [str(c) for c in v] for k, v in (loaded.get("group_map") or {}).items()}
+    return out, group_map
 
 
 def data_file_sources(call: LmEvalCall) -> List[str]:
@@ -300,12 +335,54 @@ def resolve(tasks: Sequence[str] | str, include_path: Optional[str] = None, cwd:
     # physical folder: a job's os.getcwd() (what datasets joins relative paths to) never
     # shows a symlink it was cd'ed through
     cwd = os.path.realpath(cwd or os.getcwd())
-    here = os.getcwd()
-    os.chdir(cwd)  # task YAML paths given relative, as the CLI would see them from the job's cwd
-    try:
+    with in_folder(cwd):  # task YAML paths given relative, as the CLI would see them from the job's cwd
         captured = capture_calls(tasks, include_path, metadata)
-    finally:
-        os.chdir(here)
+    return _entries(captured, cwd)
+
+
+def resolve_each(names: Sequence[str], include_path: Optional[str] = None, cwd: Optional[str] = None
+                 ) -> Dict[str, List[LmEvalEntry]]:
+    """{name: the entries its job (`lm_eval --tasks name`) loads}, for several task or group
+    names, with one lm-eval task index for all (building one costs ~8 s). A name lm-eval's
+    group map does not expand (a tag, a task YAML path) is resolved on its own."""
+    cwd = os.path.realpath(cwd or os.getcwd())
+    with in_folder(cwd):
+        captured, group_map = _capture(list(names), include_path)
+    leaves_of: Dict[str, List[str]] = {}
+    leaf_names = [c[0] for c in captured]
+
+    def expand(name: str) -> Optional[List[str]]:
+        if name in leaf_names:
+            return [name]
+        if name not in group_map:
+            return None
+        out: List[str] = []
+        for child in group_map[name]:
+            more = expand(child)
+            if more is None:
+                return None
+            out.extend(m for m in more if m not in out)
+        return out
+
+    for name in names:
+        leaves = expand(name)
+        if leaves is None:
+            with in_folder(cwd):
+                alone = capture_calls(name, include_path)
+            captured.extend(c for c in alone if c[0] not in leaf_names)
+            leaf_names.extend(c[0] for c in alone if c[0] not in leaf_names)
+            leaves = [c[0] for c in alone]
+        leaves_of[name] = leaves
+    entries = _entries(captured, cwd)
+    by_leaf = {t: e for e in entries for t in e.tasks}
+    out: Dict[str, List[LmEvalEntry]] = {}
+    for name, leaves in leaves_of.items():
+        out[name] = list({id(by_leaf[t]): by_leaf[t] for t in leaves}.values())
+    return out
+
+
+def _entries(captured: List[Tuple[str, Optional[Dict[str, Any]], bool]], cwd: str) -> List[LmEvalEntry]:
+    """One entry per unique captured call; SummaryError naming every task it cannot pre-build."""
     entries: Dict[LmEvalCall, LmEvalEntry] = {}
     hub, custom, broken = [], [], []
     for name, kwargs, is_custom in captured:

@@ -72,7 +72,7 @@ def validate(doc: Any, path: Path) -> None:
                 "(edited by hand?); run cluster-agent again")
         if entry["status"] not in STATUSES:
             raise ManifestError(f"manifest {path}: entries[{i}].status={entry['status']!r} is not one of {', '.join(STATUSES)}")
-        if not isinstance(entry["call"], dict) or not isinstance(entry["call"].get("data_files"), str):
+        if not isinstance(entry["call"], dict) or not isinstance(entry["call"].get("data_files"), (str, dict, list)):
             raise ManifestError(f"manifest {path}: entries[{i}].call is malformed (edited by hand?); run cluster-agent again")
     for key in ("env", "versions"):
         if not isinstance(doc.get(key), dict):

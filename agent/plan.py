@@ -80,6 +80,9 @@ def make_plan(summary: Summary, split: str, default_field: str, only_task: Optio
     entries: Dict[str, EntryRecord] = {}
     for task in tasks:
         written = task.dataset
+        if task.origin == "lm_eval_task":
+            raise SummaryError(f"{summary.path}: task '{task.name}' is an lm-eval task (lm_eval_task: "
+                               f"{task.lm_eval_task}) with no dataset: pass consumer=lm_eval")
         resolved = resolve_path(summary, written)
         try:
             builder, takes_field = builder_for(resolved, task.name)
@@ -123,11 +126,16 @@ def plan_cells(cells: list) -> List[EntryRecord]:
     return list(entries.values())
 
 
-def plan_entries(summary: Summary, split: str, default_field: str, task: Optional[str] = None) -> List[EntryRecord]:
-    """The scaffolded cells' calls when the experiment folder has cells (they are what the
-    jobs will run), else the summary's; narrowed to task= if given."""
+def plan_entries(summary: Summary, split: str, default_field: str, task: Optional[str] = None,
+                 consumer: Optional[object] = None) -> List[EntryRecord]:
+    """The consumer's own plan if it has one (lm-eval resolves its tasks); else the
+    scaffolded cells' calls when the experiment folder has cells (they are what the jobs
+    will run), else the summary's; narrowed to task= if given."""
     from agent import cells
 
+    own = consumer.plan(summary, task) if consumer is not None else None
+    if own is not None:
+        return own
     if not cells.has_cells(summary.folder):
         return make_plan(summary, split, default_field, task)
     planned = plan_cells(cells.discover(summary.folder))

@@ -26,14 +26,14 @@ def log_item(record: Any) -> None:
     if status in ("built", "rebuilt"):
         details += [f"{record.rows} rows", f"{record.seconds:.1f} s"]
     if status in ("built", "rebuilt", "unchanged"):
-        event(_EVENTS[status], call.data_files + (f" ({', '.join(details)})" if details else ""))
+        event(_EVENTS[status], call.shown + (f" ({', '.join(details)})" if details else ""))
         for note in record.notes:
             event("CACHE_NOTE", note)
         return
     # the error text names the path: "<path> (<reason>)"; add the field (two failures of
     # one file must not look like duplicates) and the tasks that need it
-    message = record.error or call.data_files
-    for prefix in (f"{call.data_files} (", f"{call.source()} ("):
+    message = record.error or call.shown
+    for prefix in (f"{call.shown} (", f"{call.source()} ("):
         if call.field and message.startswith(prefix):
             message = f"{prefix}field={call.field}: {message[len(prefix):]}"
             break
@@ -55,7 +55,7 @@ class Progress:
 
     def advance(self, record: Any) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(record.call.data_files[-60:], refresh=False)
+            self.bar.set_postfix_str(record.call.shown[-60:], refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from agent import manifest
 from agent.consumers import Consumer
-from agent.entry import EntryRecord, Status, assess
+from agent.entry import EntryRecord, Status, assess, fingerprint_more
 from agent.errors import ConfigError, ManifestError, SourceError
 from agent.fingerprint import fingerprint
 from agent.layers import CacheRoots
@@ -57,16 +57,17 @@ def classify(record: EntryRecord, previous: Optional[EntryRecord], consumer: Con
         # an entry that will be built anyway is hashed by the build (overlapped with
         # importing datasets), not here: a large file is then hashed once, not twice
         source = fingerprint(record.call.source(), previous.source if previous else None, content=not will_build)
+        more = fingerprint_more(record.call, previous, content=not will_build)
     except SourceError as exc:
         status = Status.MISSING if exc.missing else Status.FAILED
         return dataclasses.replace(record, status=status, error=str(exc), previous=previous)
     if force:
-        return dataclasses.replace(record, source=source, previous=previous, reason="force=true")
-    reason = assess(previous, source, consumer.layers, consumer.expected(roots, record.call, versions))
+        return dataclasses.replace(record, source=source, more_sources=more, previous=previous, reason="force=true")
+    reason = assess(previous, source, consumer.layers, consumer.expected(roots, record.call, versions), more)
     if reason is not None:
-        return dataclasses.replace(record, source=source, previous=previous, reason=reason)
+        return dataclasses.replace(record, source=source, more_sources=more, previous=previous, reason=reason)
     assert previous is not None
-    return dataclasses.replace(record, source=source, previous=previous, status=Status.UNCHANGED,
+    return dataclasses.replace(record, source=source, more_sources=more, previous=previous, status=Status.UNCHANGED,
                                rows=previous.rows, layers=previous.layers)
 
 

@@ -24,7 +24,7 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     consumer = consumers.get(cfg.consumer.kind.name)
     installed = versions.for_consumer(consumer.name)
     summary = read_summary(where.summary, paths.conditions_dir(cfg, where.summary), cfg.conditions.pattern)
-    planned = plan_entries(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task)
+    planned = plan_entries(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task, consumer)
     if cfg.entry is not None:
         planned = select_entry(planned, cfg.entry, where.summary)
     job_env = consumer.job_env(where.roots, cfg.site.env)

@@ -32,6 +32,10 @@ class Task:
     inherited: bool  # True when the dataset came from data.training.path
     runs: Tuple[str, ...] = ()  # the runs that read this path; () = every run (or no runs)
     origin: str = "dataset"  # where the path came from: eval_condition, dataset, runs[i].parameters.X, data.training.path
+    # an lm-evaluation-harness task (consumer=lm_eval): its task or group name (or task YAML
+    # path), and the folder of the user's task YAMLs (`lm_eval --include_path`), as written
+    lm_eval_task: Optional[str] = None
+    include_path: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,17 @@ def read_summary(path: Path, conditions_dir: Optional[Path] = None, conditions_p
         # parameters.eval_dataset_path, parameters.dataset_path, then data.training.path
         condition = _get(node, "eval_condition", str, where, path, required=False)
         dataset = _get(node, "dataset", str, where, path, required=False)
+        lm_task = _get(node, "lm_eval_task", str, where, path, required=False)
+        include = _get(node, "include_path", str, where, path, required=False)
+        if include is None and lm_task is not None:
+            include = _get(evaluation, "include_path", str, "evaluation.", path, required=False)
+        if lm_task is not None and not lm_task.strip():
+            raise SummaryError(f"{path}: '{where}lm_eval_task' is empty; name an lm-eval task or group")
         choices: List[Tuple[str, Tuple[str, ...], str]] = []  # (path, runs, origin)
+        if lm_task is not None and condition is None and dataset is None:
+            # the task's data is whatever its lm-eval YAML loads (agent.consumers.lm_eval)
+            tasks.append(Task(task_name, "", None, False, False, (), "lm_eval_task", lm_task, include))
+            continue
         if condition is not None:
             folder = str(conditions_dir) if conditions_dir is not None else generation_out
             if folder is None:
@@ -266,5 +280,5 @@ def read_summary(path: Path, conditions_dir: Optional[Path] = None, conditions_p
             if not chosen_path.strip():
                 raise SummaryError(f"{path}: task '{task_name}' has an empty dataset path")
             tasks.append(Task(task_name, chosen_path, field, field_key is not None, origin == "data.training.path",
-                              run_names, origin))
+                              run_names, origin, lm_task, include))
     return Summary(path=path, folder=path.parent, name=name, tasks=tasks)

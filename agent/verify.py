@@ -37,7 +37,7 @@ _IGNORED_SUFFIXES = (".lock",)
 # touches, whatever the file size (one row is converted). Measured (the CACHE_VERIFY log
 # line): 200 MB for inspect-ai, 143 MB for datasets; the prototype 329 MB on a
 # 92 MB file. site.memory_budget_mb reserves this much for it, with some margin.
-RSS_MB = {"inspect": 350.0, "datasets": 250.0}
+RSS_MB = {"inspect": 350.0, "datasets": 250.0, "lm_eval": 600.0}
 
 
 def _files(folder: str, seen: Dict[str, Tuple[int, int]]) -> None:
@@ -118,9 +118,12 @@ def _consume(consumer: str, call: Dict[str, Any]) -> Tuple[Optional[int], Option
         seen.append((os.path.normpath(os.fspath(path)), ds))
         return ds
 
-    def load(*a: Any, **k: Any) -> Any:  # the datasets consumer; inspect-ai's miss
+    def load(*a: Any, **k: Any) -> Any:  # the datasets and lm-eval consumers; inspect-ai's miss
+        from agent.build import cache_files
+
         ds = real_load(*a, **k)
-        seen.append((os.path.dirname(ds.cache_files[0]["filename"]) if ds.cache_files else "", ds))
+        files = cache_files(ds)
+        seen.append((os.path.dirname(files[0]) if files else "", ds))
         return ds
 
     datasets.load_from_disk, datasets.load_dataset = from_disk, load
@@ -131,7 +134,9 @@ def _consume(consumer: str, call: Dict[str, Any]) -> Tuple[Optional[int], Option
         datasets.load_from_disk, datasets.load_dataset = real_from_disk, real_load
     if not seen:
         return None, None
-    return seen[0][1].num_rows, seen[0][0] or None
+    from agent.build import total_rows
+
+    return total_rows(seen[0][1]), seen[0][0] or None
 
 
 def _consumer_roots(consumer: str) -> List[str]:
@@ -362,7 +367,7 @@ def on_built(verifier: Verifier, record: Any) -> None:
         from agent import consumers
 
         opened = record.layers.get(consumers.get(verifier.consumer).layers[-1])  # what the job's call opens
-        verifier.submit(dict(record.call.to_json(), rows=record.rows, watch=_watched(record),
+        verifier.submit(dict(record.call.to_json(), rows=record.rows, watch=_watched(record), job=record.job,
                              expect=opened.dir if opened else None), record.key)
 
 

@@ -83,6 +83,7 @@ def for_consumer(consumer: str) -> Dict[str, Optional[str]]:
     """The installed versions that key the caches; ConfigError if the consumer's library is missing."""
     from agent import consumers
 
-    out = versions(KEYING_LIBRARIES)
+    keying = consumers.get(consumer).keying
+    out = versions(KEYING_LIBRARIES + tuple(n for n in keying if n not in KEYING_LIBRARIES))
     consumers.get(consumer).check_installed(out)
     return out

@@ -8,9 +8,9 @@ user's own task YAMLs under an include_path, see make_project) and fresh cache r
 puts the HF datasets cache in one state:
 
     cold      nothing built (what happens without any pre-build)
-    agent     every task's exact load_dataset call pre-built by cluster-agent's lm-eval
-              module (agent.lmeval_tasks: lm-eval's own task manager resolves the tasks,
-              `python -m agent.lmeval_tasks prebuild` makes the calls with the job env)
+    agent     pre-built by `cluster-agent consumer=lm_eval` on the project's summary
+              (lm-eval's own task manager resolves the tasks; each exact load_dataset call
+              is built and proved by lm-eval's own loading in a fresh process)
 
 then starts N processes at once, each the real CLI a job script runs:
 
@@ -135,21 +135,27 @@ def job_env(hf: Path, lock: str) -> Dict[str, str]:
     return env
 
 
+def write_summary(project: Dict[str, Path]) -> Path:
+    """The experiment summary naming the project's lm-eval tasks (consumer=lm_eval)."""
+    path = project["tasks"].parent / "experiment_summary.yaml"
+    path.write_text("experiment: {name: lmrace}\nevaluation:\n  include_path: tasks\n  tasks:\n"
+                    + "".join(f"    - {{name: {t}, lm_eval_task: {t}}}\n" for t in TASKS))
+    return path
+
+
 def prebuild(python: str, project: Dict[str, Path], hf: Path) -> List[Dict[str, Any]]:
-    """Resolve with lm-eval's task manager, then make each exact call with the job env."""
+    """The real pre-build: `cluster-agent consumer=lm_eval` on the project's summary
+    (lm-eval's own task manager resolves the tasks; each exact call is built, then proved
+    by lm-eval's own loading in a fresh process). Returns the manifest's entries."""
     env = job_env(hf, "flock")
-    env["PYTHONPATH"] = str(REPO)
-    res = subprocess.run([python, "-m", "agent.lmeval_tasks", "resolve", "qa_suite", str(project["tasks"])],
-                         capture_output=True, text=True, env=env, timeout=900)
-    if res.returncode != 0:
-        raise SystemExit(f"resolve failed: {res.stderr.strip().splitlines()[-1:]}")
-    entries = json.loads(res.stdout.strip().splitlines()[-1])
-    calls = [{"load_dataset": e["load_dataset"], "cwd": e["cwd"]} for e in entries]
-    built = subprocess.run([python, "-m", "agent.lmeval_tasks", "prebuild"], input=json.dumps(calls),
-                           capture_output=True, text=True, env=env, timeout=900)
+    summary = write_summary(project)
+    agent = str(Path(python).parent / "cluster-agent")
+    built = subprocess.run([agent, "consumer=lm_eval", f"experiment={summary}", f"site.hf_cache={hf}",
+                            "output=json"], capture_output=True, text=True, env=env, timeout=900, stdin=subprocess.DEVNULL)
     if built.returncode != 0:
-        raise SystemExit(f"prebuild failed: {built.stderr.strip().splitlines()[-1:]}")
-    return entries
+        raise SystemExit(f"cluster-agent failed (exit {built.returncode}): {built.stderr.strip().splitlines()[-1:]}")
+    manifest = json.loads(built.stdout.strip().splitlines()[-1])["manifest"]
+    return json.loads(Path(manifest).read_text())["entries"]
 
 
 def run_jobs(lm_eval: str, names: List[str], include: Path, env: Dict[str, str], cwd: Path,

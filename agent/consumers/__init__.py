@@ -47,7 +47,8 @@ class Consumer:
         """The call as a job would write it, for docs, logs, the manifest and the recipes
         (quote=json.dumps: double-quoted literals, to sit inside a '...' shell word)."""
         args = [quote(call.builder)] + [f"{k}={quote(v)}" for k, v in call.kwargs().items()]
-        return f"datasets.load_dataset({', '.join(args + [f'split={quote(call.split)}'])})"
+        split = [f"split={quote(call.split)}"] if call.split is not None else []
+        return f"datasets.load_dataset({', '.join(args + split)})"
 
     def roots(self, roots: Any) -> Dict[str, Path]:
         """layer -> the cache root the job environment points it at."""
@@ -64,6 +65,11 @@ class Consumer:
         (the consumer's key cannot tell them apart). None for `datasets`: its key joins a
         relative path to the job's folder."""
         return {}
+
+    def plan(self, summary: Any, task: Optional[str]) -> Optional[List[Any]]:
+        """The entries (agent.entry.EntryRecord) of a consumer that finds its jobs' calls
+        itself (lm-eval resolves its tasks); None = the summary's or the cells' calls."""
+        return None
 
     def check_installed(self, versions: Mapping[str, Optional[str]]) -> None:
         if self.needs and versions.get(self.needs[0]) is None:
@@ -94,11 +100,11 @@ class Consumer:
         """Make the job's real call; return the rows it read."""
         import datasets
 
-        from agent.build import in_folder, named
+        from agent.build import in_folder, named, split_arg, total_rows
 
         job = LoadCall.from_json(call)
         with in_folder(job.cwd):
-            return datasets.load_dataset(job.builder, split=job.split, **named(job), **job.kwargs()).num_rows
+            return total_rows(datasets.load_dataset(job.builder, **split_arg(job), **named(job), **job.kwargs()))
 
     def consumer_roots(self) -> List[str]:
         """The cache roots as this process's consumer resolves them (job env applied)."""
