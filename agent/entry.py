@@ -325,12 +325,13 @@ def assess(record: Optional[EntryRecord], now: Fingerprint, layers: Sequence[str
         return "has a new mtime since the pre-build: datasets looks under a new HF cache key"
     for path, old in record.more_sources.items():
         fp = (now_more or {}).get(path)
+        # these reasons name the file: it is not the one callers name the entry by
         if fp is None:
-            return f"its file {path} was not checked"
+            return f"{path} was not checked"
         if fp.sha256 is not None and old.sha256 != fp.sha256:
-            return f"changed since the pre-build ({path}: content hash differs): its caches hold the old rows"
+            return f"{path} changed since the pre-build (content hash differs): its caches hold the old rows"
         if old.mtime_ns != fp.mtime_ns:
-            return f"has a new mtime since the pre-build ({path}): datasets looks under a new HF cache key"
+            return f"{path} has a new mtime since the pre-build: datasets looks under a new HF cache key"
     for kind in layers:
         layer = record.layers.get(kind)
         if layer is None:

@@ -165,6 +165,8 @@ def _entry_problems(doc: Dict[str, Any], entry: Dict[str, Any], job: Any, roots:
         return []
     if reason.startswith(("changed since", "has a new mtime")):
         return [f"{path} {reason}; {_AGAIN}"]
+    if reason.startswith(tuple(record.more_sources)):  # names the call's other file itself
+        return [f"{reason}; {_AGAIN}"]
     return [f"{reason}; {_AGAIN} to repair it" if "cache" in reason else f"{path}: {reason}; {_AGAIN}"]
 
 

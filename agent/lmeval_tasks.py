@@ -286,8 +286,16 @@ def _capture(tasks: Sequence[str] | str, include_path: Optional[str] = None,
              ) -> Tuple[List[Tuple[str, Optional[Dict[str, Any]], bool]], Dict[str, List[str]]]:
     """capture_calls, plus lm-eval's group map ({group: [children]}) of what it loaded."""
     require_lm_eval()
-    with _recording():
-        loaded = load_tasks(tasks, include_path, metadata)
+    import logging
+
+    quiet = logging.getLogger("lm_eval")  # its notes on the task YAMLs are the jobs' to print, not ours
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with _recording():
+            loaded = load_tasks(tasks, include_path, metadata)
+    finally:
+        quiet.setLevel(level)
     out = []
     for name, task in loaded["tasks"].items():
         out.append((name, getattr(task, "_cluster_agent_call", None), bool(getattr(task, "_cluster_agent_custom", False))))

@@ -87,11 +87,15 @@ class LmEvalConsumer(Consumer):
                     call = self._load_call(lm, t.name)
                     record = entries.get(call.key())
                     if record is None:
+                        # lm_eval_tasks: the leaf tasks making the call; tasks_arg: what
+                        # the jobs pass to --tasks (what the verifier loads, as they do)
                         record = entries[call.key()] = EntryRecord(
                             call, [], call.shown, list(lm.hazards),
-                            job={"lm_eval_tasks": list(lm.tasks), "include_path": include})
+                            job={"lm_eval_tasks": list(lm.tasks), "tasks_arg": [], "include_path": include})
                     if t.name not in record.tasks:
                         record.tasks.append(t.name)
+                    if t.lm_eval_task not in record.job["tasks_arg"]:
+                        record.job["tasks_arg"].append(t.lm_eval_task)
         return list(entries.values())
 
     @staticmethod
@@ -132,16 +136,17 @@ class LmEvalConsumer(Consumer):
         import lm_eval.tasks  # noqa: F401
 
     def consume(self, call: Mapping[str, Any]) -> int:
-        """lm-eval's own loading of one task that makes this call, in the jobs' folder."""
+        """lm-eval's own loading of the tasks that make this call, in the jobs' folder (every
+        one: a task's own steps after the call, e.g. a process_docs map, may write too)."""
         from agent.build import in_folder
         from agent.lmeval_tasks import load_tasks
 
         job = call.get("job") or {}
-        names = job.get("lm_eval_tasks") or []
+        names = job.get("tasks_arg") or []
         if not names:
             raise ValueError("the entry records no lm-eval task to load")
         with in_folder(call.get("cwd")):
-            loaded = load_tasks(names[:1], job.get("include_path"))
+            loaded = load_tasks(names, job.get("include_path"))
         rows = [ds.num_rows for t in loaded["tasks"].values() for ds in
                 (t.dataset.values() if hasattr(t.dataset, "values") else [t.dataset])]
         return sum(rows)
