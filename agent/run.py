@@ -37,9 +37,10 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     previous, _ = reuse.read_previous(where.manifest, context)
     for record in planned:
         if record.hazards:
-            event("PATH_HAZARD", f"{record.written}: {'; '.join(record.hazards)}: jobs of task"
-                  f"{'s' if len(record.tasks) > 1 else ''} {', '.join(record.tasks)} must pass exactly "
-                  f"{record.call.data_files!r} (recorded in the manifest)", "WARNING")
+            tasks = f"task{'s' if len(record.tasks) > 1 else ''} {', '.join(record.tasks)}"
+            must = (f"jobs of {tasks} must pass exactly {record.call.data_files!r} (recorded in the manifest)"
+                    if consumer.job_passes_data_files else f"needed by {tasks}")
+            event("PATH_HAZARD", f"{record.written}: {'; '.join(record.hazards)}: {must}", "WARNING")
     clashes = consumer.conflicts([r.call for r in planned])
     planned = [dataclasses.replace(r, status=Status.FAILED, error=clashes[r.key]) if r.key in clashes else r
                for r in planned]

@@ -34,6 +34,7 @@ class Consumer:
     needs: Optional[Tuple[str, str]] = None  # (distribution, pip extra) that must be installed
     title = "HF datasets"  # for "Pre-building <title> cache"
     extra_title = ""  # what its layers beyond HF are called in messages
+    job_passes_data_files = True  # the job writes the data_files string itself (lm-eval's task YAML does)
 
     # --- the job's side ---------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class LmEvalConsumer(Consumer):
     keying = ("datasets", "lm_eval")  # lm-eval decides which call a task makes
     needs = ("lm_eval", "lm-eval")
     title = "HF datasets (lm-eval tasks)"
+    job_passes_data_files = False
 
     def check_installed(self, versions: Mapping[str, Optional[str]]) -> None:
         from agent.lmeval_tasks import INSTALL_HINT
