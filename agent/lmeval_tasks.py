@@ -151,6 +151,11 @@ class LmEvalEntry:
         return {**self.call.to_json(), "tasks": list(self.tasks), "sources": list(self.sources),
                 "hazards": list(self.hazards), "python": self.call.python()}
 
+    @staticmethod
+    def from_json(doc: Mapping[str, Any]) -> "LmEvalEntry":
+        return LmEvalEntry(LmEvalCall.from_json(doc), [str(t) for t in doc["tasks"]],
+                           [str(s) for s in doc["sources"]], [str(h) for h in doc.get("hazards") or []])
+
 
 # --- resolving tasks with lm-eval's own task manager -----------------------------------
 
@@ -386,6 +391,55 @@ def resolve_each(names: Sequence[str], include_path: Optional[str] = None, cwd: 
     out: Dict[str, List[LmEvalEntry]] = {}
     for name, leaves in leaves_of.items():
         out[name] = list({id(by_leaf[t]): by_leaf[t] for t in leaves}.values())
+    return out
+
+
+# --- a memo of resolutions: an unchanged re-run must not index lm-eval's tasks again -------
+
+
+def _tree_state(folder: str) -> List[Any]:
+    """(path, size, mtime) of every file under `folder`: task YAMLs, their `include:`
+    templates and `!function` Python files all live there."""
+    out: List[Any] = []
+    for sub, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            with contextlib.suppress(OSError):
+                st = os.stat(os.path.join(sub, name))
+                out.append([os.path.join(sub, name), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _memo_key(names: Sequence[str], include_path: Optional[str], cwd: str) -> str:
+    """Everything a resolution depends on: lm-eval's and datasets' versions (lm-eval's own
+    task YAMLs ship with it), the names, the jobs' folder, and every file under the
+    include path and under the folder of each task YAML given directly."""
+    from agent.versions import version
+
+    folders = [include_path] if include_path else []
+    folders += [os.path.dirname(os.path.join(cwd, n)) for n in names if n.endswith((".yaml", ".yml"))]
+    state = [version("lm_eval"), version("datasets"), list(names), include_path, cwd,
+             [[f, _tree_state(f)] for f in sorted(set(folders))]]
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:32]
+
+
+def resolve_each_memo(names: Sequence[str], include_path: Optional[str], cwd: str, memo_dir: Optional[Path]
+                      ) -> Dict[str, List[LmEvalEntry]]:
+    """resolve_each, remembered in `memo_dir` under the key of everything it depends on.
+    A pure speed-up: an unreadable or stale memo means resolving again, never an error."""
+    cwd = os.path.realpath(cwd)
+    if memo_dir is None:
+        return resolve_each(names, include_path, cwd)
+    path = memo_dir / f"{_memo_key(names, include_path, cwd)}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(path.read_text())
+        return {str(k): [LmEvalEntry.from_json(e) for e in v] for k, v in doc.items()}
+    out = resolve_each(names, include_path, cwd)
+    with contextlib.suppress(OSError):
+        from agent.manifest import write_text_atomic
+
+        memo_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps({k: [e.to_json() for e in v] for k, v in out.items()}))
     return out
 
 

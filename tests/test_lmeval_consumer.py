@@ -184,3 +184,23 @@ def test_without_lm_eval_installed_consumer_lm_eval_is_one_line() -> None:
         consumers.get("lm_eval").check_installed({"datasets": "5.2.0", "lm_eval": None})
     assert str(err.value) == ("consumer=lm_eval needs lm-eval: pip install 'cluster-agent[lm-eval]', "
                               "or pass consumer=datasets")
+
+
+def test_a_rerun_reuses_the_resolution_until_a_task_yaml_changes(exp: Dict[str, Path], tmp_path: Path) -> None:
+    """Resolving indexes lm-eval's ~14,000 task YAMLs (seconds); an unchanged re-run reuses
+    the resolution (memo beside the config memo), and an edited task YAML is seen at once."""
+    env = {"CLUSTER_AGENT_CONFIG_MEMO": str(tmp_path / "memo" / "config")}
+    args = ("consumer=lm_eval", f"experiment={exp['summary']}", "task=two", "output=json")
+    first = run_agent(*args, env=env, cwd=exp["root"], timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert len(list((tmp_path / "memo" / "lm_eval_tasks").glob("*.json"))) == 1
+    again = run_agent(*args, "action=plan", env=env, cwd=exp["root"], timeout=900)
+    assert again.returncode == 0 and [e["action"] for e in json.loads(again.stdout)["entries"]] == ["skip"]
+    # the job's task YAML now reads another validation file: the plan must follow it
+    (exp["data"] / "other.csv").write_text("fact,label\nother,1\n")
+    yaml_file = exp["root"] / "direct" / "two_files.yaml"
+    yaml_file.write_text(TWO_FILES.replace("data/more_facts.csv", "data/other.csv"))
+    moved = run_agent(*args, "action=plan", env=env, cwd=exp["root"], timeout=900)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    [entry] = json.loads(moved.stdout)["entries"]
+    assert entry["source"] == {"test": "data/facts.csv", "validation": "data/other.csv"} and entry["action"] == "build"

@@ -19,11 +19,19 @@ from __future__ import annotations
 
 import glob
 import os
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from agent.consumers import HF, Consumer
 from agent.entry import EntryRecord, LoadCall
 from agent.errors import ConfigError, SummaryError
+
+
+def _memo_dir() -> Optional[Path]:
+    """Beside the config memo (not under a cache root we build); None when memos are off."""
+    from agent import confcache
+
+    return confcache.folder().parent / "lm_eval_tasks" if confcache.enabled() else None
 
 
 class LmEvalConsumer(Consumer):
@@ -65,9 +73,7 @@ class LmEvalConsumer(Consumer):
 
     def plan(self, summary: Any, task: Optional[str]) -> List[EntryRecord]:
         """One entry per unique call the summary's lm-eval tasks make (agent.plan.plan_entries)."""
-        from agent.lmeval_tasks import require_lm_eval, resolve_each
-
-        require_lm_eval()
+        from agent.lmeval_tasks import resolve_each_memo  # imports lm-eval only when it must resolve
         tasks = [t for t in summary.tasks if task is None or t.name == task]
         if not tasks:
             raise SummaryError(f"task={task}: no such task in {summary.path}; tasks: "
@@ -82,7 +88,8 @@ class LmEvalConsumer(Consumer):
             by_include.setdefault(self._include(summary, t), []).append(t)
         entries: Dict[str, EntryRecord] = {}
         for include, group in by_include.items():
-            resolved = resolve_each(list(dict.fromkeys(t.lm_eval_task for t in group)), include, str(summary.folder))
+            resolved = resolve_each_memo(list(dict.fromkeys(t.lm_eval_task for t in group)), include,
+                                         str(summary.folder), _memo_dir())
             for t in group:
                 for lm in resolved[t.lm_eval_task]:
                     call = self._load_call(lm, t.name)
