@@ -210,6 +210,7 @@ def _run_one(flags: Flags, argv: List[str]) -> int:
         named = any(a.split("=", 1)[0].lstrip("+") in ("consumer", "consumer.kind") for a in overrides)
         call, experiment, consumer = gate.job_call({
             "cell": cfg.cell, "data_files": cfg.data_files, "field": cfg.field, "experiment": cfg.experiment,
+            "lm_eval_task": cfg.lm_eval_task, "include_path": cfg.include_path,
             "consumer": cfg.consumer.kind.name if named else None})
         where = paths.for_config(dataclasses.replace(cfg, experiment=experiment))
         result = gate.check(where.manifest, cfg.task, consumer=consumer, call=call)

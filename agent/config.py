@@ -136,6 +136,9 @@ class AgentConfig:
     cell: Optional[str] = None
     data_files: Optional[str] = None
     field: Optional[str] = None
+    # action=check for an lm-eval job: what it passes to --tasks (and --include_path)
+    lm_eval_task: Optional[str] = None
+    include_path: Optional[str] = None
     # narrow plan/prebuild to one entry (0-based, plan order): one task of a pre-build array
     entry: Optional[int] = None
     # after building, load every entry with the real consumer in a fresh process

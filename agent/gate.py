@@ -22,7 +22,8 @@ from agent.fingerprint import fingerprint
 from agent.layers import CacheRoots
 from agent.manifest import context, context_change, entry_context, read
 
-_FAST_KEYS = {"action", "experiment", "manifest", "task", "output", "verbose", "consumer", "cell", "data_files", "field"}
+_FAST_KEYS = {"action", "experiment", "manifest", "task", "output", "verbose", "consumer", "cell", "data_files", "field",
+              "lm_eval_task", "include_path"}
 _AGAIN = "run cluster-agent again"
 
 
@@ -32,8 +33,38 @@ def _versions(keying: tuple = ()) -> Dict[str, Optional[str]]:
     return versions(KEYING_LIBRARIES + tuple(n for n in keying if n not in KEYING_LIBRARIES))
 
 
+class LmEvalJob:
+    """An lm-eval job as the gate sees it: what it passes to --tasks (comma-separated) and
+    --include_path (taken in the job's folder, as lm-eval takes it)."""
+
+    def __init__(self, tasks: str, include_path: Optional[str]) -> None:
+        import os
+
+        self.tasks = [t for t in tasks.split(",") if t]
+        self.include_path = os.path.realpath(include_path) if include_path else None
+
+    def describe(self) -> str:
+        return f"lm_eval --tasks {','.join(self.tasks)}" + (f" --include_path {self.include_path}" if self.include_path else "")
+
+    def entries(self, entries: List[Dict[str, Any]], manifest_path: Path) -> tuple:
+        """(the entries this job loads, problems): every name it passes must have been pre-built."""
+        chosen: List[Dict[str, Any]] = []
+        problems = []
+        for name in self.tasks:
+            mine = [e for e in entries if name in (e.get("job") or {}).get("tasks_arg", [])
+                    and (e.get("job") or {}).get("include_path") == self.include_path]
+            if not mine:
+                known = sorted({f"{t} (include_path {(e.get('job') or {}).get('include_path')})"
+                                for e in entries for t in (e.get("job") or {}).get("tasks_arg", [])})
+                problems.append(f"this job's {self.describe()} loads {name}, which {manifest_path} did not pre-build "
+                                f"with that include path; pre-built: {', '.join(known) or 'no lm-eval tasks'}; "
+                                "add it to the summary (lm_eval_task:) and run cluster-agent consumer=lm_eval")
+            chosen += [e for e in mine if e not in chosen]
+        return chosen, problems
+
+
 def check(manifest_path: Path, task: Optional[str] = None, versions: Optional[Dict[str, Optional[str]]] = None,
-          consumer: Optional[str] = None, call: Optional[LoadCall] = None) -> Dict[str, Any]:
+          consumer: Optional[str] = None, call: Optional[Any] = None) -> Dict[str, Any]:
     """{'ok': bool, 'problems': [...], 'entries': n, 'env': {...}} for the whole manifest or one task.
 
     `consumer`: how the job loads its data (the job's own word; without it, the
@@ -86,7 +117,10 @@ def _check_once(manifest_path: Path, task: Optional[str], versions: Optional[Dic
         if not entries:
             names = sorted({t for e in doc["entries"] for t in e.get("tasks", [])})
             problems.append(f"task '{task}' is not in manifest {manifest_path}; tasks: {', '.join(names)}")
-    if call is not None:
+    if isinstance(call, LmEvalJob):
+        entries, uncovered = call.entries(entries, manifest_path)
+        problems += uncovered
+    elif call is not None:
         entries = [e for e in entries if e.get("key") == call.key()]
         if not entries:
             problems.append(_uncovered(call, doc["entries"], manifest_path))
@@ -227,8 +261,8 @@ def job_call(pairs: Dict[str, Optional[str]]) -> tuple:
 
     experiment = _given(pairs, "experiment")
     consumer = _given(pairs, "consumer")
-    if _given(pairs, "cell") and _given(pairs, "data_files"):
-        raise ConfigError("give cell=DIR or data_files=STR, not both")
+    if sum(bool(_given(pairs, k)) for k in ("cell", "data_files", "lm_eval_task")) > 1:
+        raise ConfigError("give one of cell=DIR, data_files=STR, lm_eval_task=NAME")
     if _given(pairs, "cell"):
         call, summary = jobcall.from_cell(str(_given(pairs, "cell")))
         return call, experiment or str(summary), consumer or "inspect"  # cells run `inspect eval`
@@ -241,8 +275,19 @@ def job_call(pairs: Dict[str, Optional[str]]) -> tuple:
                                   "above it; pass experiment=PATH")
             experiment = str(found)
         return call, experiment, consumer or "inspect"
+    if _given(pairs, "lm_eval_task"):
+        job = LmEvalJob(str(_given(pairs, "lm_eval_task")), _given(pairs, "include_path"))
+        if experiment is None:
+            found = jobcall.find_summary(_Path.cwd())
+            if found is None:
+                raise ConfigError(f"lm_eval_task={pairs['lm_eval_task']}: no experiment_summary.yaml in {_Path.cwd()} "
+                                  "or above it; pass experiment=PATH")
+            experiment = str(found)
+        return job, experiment, consumer or "lm_eval"
     if _given(pairs, "field"):
         raise ConfigError("field= narrows a data_files= check; add data_files=STR")
+    if _given(pairs, "include_path"):
+        raise ConfigError("include_path= goes with lm_eval_task=NAME (an lm-eval job's --tasks)")
     return None, experiment, consumer
 
 

@@ -110,6 +110,18 @@ def test_prebuild_writes_the_exact_calls_and_gates_each_task(exp: Dict[str, Path
         assert ok.returncode == 0, ok.stderr
         assert f"export HF_DATASETS_CACHE={exp['hf']}" in ok.stdout and "export HF_DATASETS_OFFLINE=1" in ok.stdout
 
+    # the lm-eval job's own words: what it passes to --tasks and --include_path, from its folder
+    def job_gate(*words: str) -> subprocess.CompletedProcess:
+        return run_agent("action=check", *words, cwd=exp["root"])
+
+    assert job_gate("lm_eval_task=qa_easy", "include_path=tasks").returncode == 0
+    assert job_gate("lm_eval_task=qa_easy,qa_hard", "include_path=tasks").returncode == 0
+    assert job_gate("lm_eval_task=direct/two_files.yaml", "include_path=tasks").returncode == 0
+    other = job_gate("lm_eval_task=qa_easy")  # no --include_path: lm-eval would not even find it
+    assert other.returncode == 3
+    assert (f"GATE_REFUSED: this job's lm_eval --tasks qa_easy loads qa_easy, which {exp['root'] / '.cluster-agent'}"
+            "/manifest.json did not pre-build with that include path") in other.stderr
+
     # the second file of a two-file call is watched as the first is: a new mtime moves the HF key
     second = exp["data"] / "more_facts.csv"
     st = second.stat()

@@ -110,7 +110,7 @@ class LmEvalConsumer(Consumer):
     def _include(summary: Any, t: Any) -> Optional[str]:
         if t.include_path is None:
             return None
-        folder = os.path.normpath(os.path.join(str(summary.folder), os.path.expanduser(t.include_path)))
+        folder = os.path.realpath(os.path.join(str(summary.folder), os.path.expanduser(t.include_path)))
         if not os.path.isdir(folder):
             raise SummaryError(f"{summary.path}: task '{t.name}': include_path {t.include_path} is not a folder "
                                f"({folder}); give the folder of your lm-eval task YAMLs")
