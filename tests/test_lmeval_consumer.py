@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,46 +26,18 @@ import race_lmeval  # noqa: E402 - the harness owns the test project (one defini
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
                                 reason="lm-eval not installed: pip install -e '.[lm-eval]'")
 
-# A task YAML given directly in the summary (not under include_path), reading two files
-# (one per split) by paths relative to the jobs' folder, the summary's.
-TWO_FILES = """\
-task: facts_two
-dataset_path: csv
-dataset_kwargs:
-  data_files:
-    test: data/facts.csv
-    validation: data/more_facts.csv
-test_split: test
-fewshot_split: validation
-output_type: multiple_choice
-doc_to_text: "{{fact}} is"
-doc_to_choice: ["false", "true"]
-doc_to_target: label
-metric_list:
-  - metric: acc
-"""
-
-SUMMARY = """\
-experiment: {name: lmdemo}
-evaluation:
-  include_path: tasks
-  tasks:
-    - {name: easy, lm_eval_task: qa_easy}
-    - {name: hard, lm_eval_task: qa_hard}
-    - {name: facts, lm_eval_task: facts_parquet}
-    - {name: two, lm_eval_task: direct/two_files.yaml}
-"""
+EXAMPLE = REPO / "examples" / "lm_eval"  # the bundled lm-eval experiment (its summary says what it holds)
+TWO_FILES = (EXAMPLE / "direct" / "two_files.yaml").read_text()
+SUMMARY = (EXAMPLE / "experiment_summary.yaml").read_text()
 
 
 @pytest.fixture
 def exp(tmp_path: Path, caches) -> Dict[str, Path]:
-    project = race_lmeval.make_project(tmp_path / "project", rows=30)
-    root = project["tasks"].parent
-    (root / "direct").mkdir()
-    (root / "direct" / "two_files.yaml").write_text(TWO_FILES)
-    (project["data"] / "more_facts.csv").write_text("fact,label\n" + "".join(f"more {i},{i % 2}\n" for i in range(11)))
-    (root / "experiment_summary.yaml").write_text(SUMMARY)
-    return {**project, "root": root, "summary": root / "experiment_summary.yaml", "hf": caches["hf"]}
+    """A private copy of examples/lm_eval (relative data paths: the jobs run in its folder)."""
+    root = tmp_path / "project"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".cluster-agent", "logs"))
+    return {"root": root, "data": root / "data", "tasks": root / "tasks", "summary": root / "experiment_summary.yaml",
+            "hf": caches["hf"]}
 
 
 def tree(root: Path) -> Dict[str, int]:
@@ -85,14 +58,15 @@ def test_prebuild_writes_the_exact_calls_and_gates_each_task(exp: Dict[str, Path
     assert doc["consumer"] == "lm_eval" and doc["versions"]["lm_eval"]
     by_tasks = {tuple(e["tasks"]): e for e in doc["entries"]}
     assert set(by_tasks) == {("easy", "hard"), ("facts",), ("two",)}
-    data = exp["data"]
     qa = by_tasks[("easy", "hard")]
-    # the call lm-eval makes, nothing rewritten: the mapping of splits stays a mapping
-    assert qa["python"] == f"datasets.load_dataset(path='json', name=None, data_files={{'test': '{data}/qa.jsonl'}})"
+    # the call lm-eval makes, nothing rewritten: the mapping of splits stays a mapping, the
+    # relative path stays relative, taken in the jobs' folder
+    assert qa["python"] == "datasets.load_dataset(path='json', name=None, data_files={'test': 'data/qa.jsonl'})"
+    assert qa["call"]["cwd"] == str(exp["root"].resolve())
     assert qa["job"] == {"lm_eval_tasks": ["qa_easy", "qa_hard"], "tasks_arg": ["qa_easy", "qa_hard"],
-                         "include_path": str(exp["tasks"])}
+                         "include_path": str(exp["tasks"].resolve())}
     assert qa["rows"] == 30 and qa["status"] == "built"
-    assert by_tasks[("facts",)]["call"]["data_files"] == f"{data}/facts.parquet"
+    assert by_tasks[("facts",)]["call"]["data_files"] == "data/facts.parquet"
     two = by_tasks[("two",)]
     # relative paths: taken in the jobs' folder (the summary's), one fingerprint per file
     assert two["call"]["data_files"] == {"test": "data/facts.csv", "validation": "data/more_facts.csv"}
