@@ -29,7 +29,7 @@ def _private_user_cache(tmp_path_factory, monkeypatch):
 def test_every_group_ships_the_documented_options():
     assert set(GROUPS) == {"site", "policy", "consumer", "launcher"}
     assert set(group_options("policy")) == {"ask", "continue", "stop"}
-    assert set(group_options("consumer")) == {"inspect", "datasets"}
+    assert set(group_options("consumer")) == {"inspect", "datasets", "lm_eval"}
     assert set(group_options("launcher")) >= {"local", "slurm"}
     sites = group_options("site")
     assert "local" in sites and len(sites) >= 2, "local plus at least one real-cluster profile"
