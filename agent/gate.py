@@ -266,24 +266,20 @@ def job_call(pairs: Dict[str, Optional[str]]) -> tuple:
     if _given(pairs, "cell"):
         call, summary = jobcall.from_cell(str(_given(pairs, "cell")))
         return call, experiment or str(summary), consumer or "inspect"  # cells run `inspect eval`
+    def summary_above(key: str) -> str:
+        """The summary of the job's folder (walking up), for a call given in the job's words."""
+        found = jobcall.find_summary(_Path.cwd())
+        if found is None:
+            raise ConfigError(f"{key}={pairs[key]}: no experiment_summary.yaml in {_Path.cwd()} or "
+                              "above it; pass experiment=PATH")
+        return str(found)
+
     if _given(pairs, "data_files"):
         call = jobcall.from_data_files(str(_given(pairs, "data_files")), _given(pairs, "field"))
-        if experiment is None:
-            found = jobcall.find_summary(_Path.cwd())
-            if found is None:
-                raise ConfigError(f"data_files={call.data_files}: no experiment_summary.yaml in {_Path.cwd()} or "
-                                  "above it; pass experiment=PATH")
-            experiment = str(found)
-        return call, experiment, consumer or "inspect"
+        return call, experiment or summary_above("data_files"), consumer or "inspect"
     if _given(pairs, "lm_eval_task"):
         job = LmEvalJob(str(_given(pairs, "lm_eval_task")), _given(pairs, "include_path"))
-        if experiment is None:
-            found = jobcall.find_summary(_Path.cwd())
-            if found is None:
-                raise ConfigError(f"lm_eval_task={pairs['lm_eval_task']}: no experiment_summary.yaml in {_Path.cwd()} "
-                                  "or above it; pass experiment=PATH")
-            experiment = str(found)
-        return job, experiment, consumer or "lm_eval"
+        return job, experiment or summary_above("lm_eval_task"), consumer or "lm_eval"
     if _given(pairs, "field"):
         raise ConfigError("field= narrows a data_files= check; add data_files=STR")
     if _given(pairs, "include_path"):
