@@ -64,7 +64,7 @@ def test_prebuild_writes_the_exact_calls_and_gates_each_task(exp: Dict[str, Path
     assert qa["python"] == "datasets.load_dataset(path='json', name=None, data_files={'test': 'data/qa.jsonl'})"
     assert qa["call"]["cwd"] == str(exp["root"].resolve())
     assert qa["job"] == {"lm_eval_tasks": ["qa_easy", "qa_hard"], "tasks_arg": ["qa_easy", "qa_hard"],
-                         "include_path": str(exp["tasks"].resolve())}
+                         "include_path": str(exp["tasks"].resolve()), "cwd": str(exp["root"].resolve())}
     assert qa["rows"] == 30 and qa["status"] == "built"
     assert by_tasks[("facts",)]["call"]["data_files"] == "data/facts.parquet"
     two = by_tasks[("two",)]
@@ -108,6 +108,22 @@ def test_prebuild_writes_the_exact_calls_and_gates_each_task(exp: Dict[str, Path
     rebuilt = run_agent("consumer=lm_eval", f"experiment={exp['summary']}", cwd=exp["root"], timeout=900)
     assert rebuilt.returncode == 0 and "0 built, 2 unchanged, 1 rebuilt" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr[-2000:]
     assert gate(exp, "two").returncode == 0
+
+
+def test_a_task_yaml_with_absolute_paths_is_verified_from_the_jobs_folder(exp: Dict[str, Path], tmp_path: Path) -> None:
+    """The call does not depend on a folder (absolute data_files), but the job's --tasks
+    argument does (a YAML path taken in the summary's folder): verification must load it
+    from there, whatever folder cluster-agent was started in."""
+    absolute = TWO_FILES.replace("data/", f"{exp['data'].resolve()}/")
+    (exp["root"] / "direct" / "two_files.yaml").write_text(absolute)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_agent("consumer=lm_eval", f"experiment={exp['summary']}", "task=two", "output=json", cwd=elsewhere,
+                     timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [entry] = json.loads(proc.stdout)["entries"]
+    assert entry["status"] == "built" and entry["cwd"] is None  # the call itself is folder-free
+    assert "1 pure cache hit(s)" in proc.stderr
 
 
 def test_a_real_lm_eval_job_after_the_gate_reads_only_the_cache(exp: Dict[str, Path]) -> None:

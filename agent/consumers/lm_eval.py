@@ -99,7 +99,8 @@ class LmEvalConsumer(Consumer):
                         # the jobs pass to --tasks (what the verifier loads, as they do)
                         record = entries[call.key()] = EntryRecord(
                             call, [], call.shown, list(lm.hazards),
-                            job={"lm_eval_tasks": list(lm.tasks), "tasks_arg": [], "include_path": include})
+                            job={"lm_eval_tasks": list(lm.tasks), "tasks_arg": [], "include_path": include,
+                                 "cwd": os.path.realpath(str(summary.folder))})  # where the jobs run
                     if t.name not in record.tasks:
                         record.tasks.append(t.name)
                     if t.lm_eval_task not in record.job["tasks_arg"]:
@@ -153,7 +154,9 @@ class LmEvalConsumer(Consumer):
         names = job.get("tasks_arg") or []
         if not names:
             raise ValueError("the entry records no lm-eval task to load")
-        with in_folder(call.get("cwd")):
+        # the jobs' folder: a task YAML path given to --tasks is taken there, and so is a
+        # relative data_files (call.cwd, the same folder when the call has one)
+        with in_folder(job.get("cwd") or call.get("cwd")):
             loaded = load_tasks(names, job.get("include_path"))
         rows = [ds.num_rows for t in loaded["tasks"].values() for ds in
                 (t.dataset.values() if hasattr(t.dataset, "values") else [t.dataset])]
