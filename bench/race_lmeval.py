@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 LOCKLESS = REPO / "tests" / "lockless"
@@ -158,11 +158,27 @@ def prebuild(python: str, project: Dict[str, Path], hf: Path) -> List[Dict[str, 
     return json.loads(Path(manifest).read_text())["entries"]
 
 
+# the recipe's first two steps (recipes/eval_job.sbatch): the gate narrowed to the job's task,
+# then its `export` lines, before lm_eval starts; "$@" is then the lm_eval command
+GATED = ('env_lines=$("$1" action=check manifest="$2" task="$3" consumer=lm_eval output=shell) || exit $?; '
+         'eval "$env_lines"; shift 3; exec "$@"')
+
+
 def run_jobs(lm_eval: str, names: List[str], include: Path, env: Dict[str, str], cwd: Path,
-             timeout: float) -> List[Dict[str, Any]]:
-    procs = [subprocess.Popen([lm_eval, "run", "--model", "dummy", "--tasks", name, "--include_path", str(include)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                              env=env, cwd=cwd) for name in names]
+             timeout: float, prefix: Sequence[str] = (), gate: Optional[Tuple[str, str]] = None) -> List[Dict[str, Any]]:
+    """Start one real `lm_eval run --model dummy` per name at once. `prefix`: a command the
+    jobs run under (e.g. scripts/sharedfs-node.sh B: on a node of the shared-FS rig).
+    `gate=(cluster-agent, manifest)`: each job runs the launch gate for its task first and
+    exports the manifest's environment, as the recipe's jobs do (the summary's task names
+    are the lm-eval task names here)."""
+    def argv(name: str) -> List[str]:
+        cmd = [lm_eval, "run", "--model", "dummy", "--tasks", name, "--include_path", str(include)]
+        if gate:
+            cmd = ["bash", "-c", GATED, "job", gate[0], gate[1], name, *cmd]
+        return [*prefix, *cmd]
+
+    procs = [subprocess.Popen(argv(name), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              text=True, env=env, cwd=cwd) for name in names]
     deadline = time.monotonic() + timeout
     out = []
     for name, proc in zip(names, procs):
@@ -181,6 +197,8 @@ def run_jobs(lm_eval: str, names: List[str], include: Path, env: Dict[str, str],
         scored = any(ln.startswith(f"|{name}") and "|acc" in ln for ln in stdout.splitlines())
         ok = rc == 0 and scored
         out.append({"task": name, "rc": rc, "ok": ok, "built_itself": "Generating " in stderr,
+                    "gate": None if gate is None else "ok" if "GATE_OK" in stderr else
+                    "refused" if "GATE_REFUSED" in stderr else "error",
                     "error_type": None if ok else (_EXC.match(raised[-1]).group(1) if raised else f"exit {rc}"),
                     "error": None if ok else " | ".join(dict.fromkeys((raised[-1:] + lines[-1:])))[:400] or "no output"})
     return out

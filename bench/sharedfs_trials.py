@@ -22,6 +22,9 @@ false "refused"):
                 B's gate reads it: no false refusal
     kill        agent on A killed -9 while holding the entry's soft lock and B's agent
                 waits on it: B takes over after lock_stale_s and builds; jobs read right
+    lm_eval     consumer=lm_eval on A (bench/race_lmeval.py's project), then 12 real
+                `lm_eval run --model dummy` jobs on B at once, each gated first: no
+                failure, nothing created/modified/removed under the HF cache root
 
 `--before` runs the same scenarios with the fixes switched off where a switch exists
 (CLUSTER_AGENT_SETTLE_S=0: no settled re-reads; CLUSTER_AGENT_TRUST_STAT=1: trust an
@@ -46,7 +49,7 @@ W = Path(os.environ.get("CLUSTER_AGENT_SHAREDFS_DIR", "/var/lib/cluster-agent-sh
 SHARED = W / "shared"
 CLI = str(Path(sys.executable).parent / "cluster-agent")
 JOB = str(REPO / "bench" / "sharedfs_job.py")
-SCENARIOS = ("cold", "a_then_b", "two_agents", "rewrite", "torn", "kill")
+SCENARIOS = ("cold", "a_then_b", "two_agents", "rewrite", "torn", "kill", "lm_eval")
 ROWS_OLD, ROWS_NEW = 2000, 3000
 
 
@@ -324,8 +327,69 @@ def sc_kill(i: int, env: Dict[str, str]) -> Dict[str, Any]:
     return res
 
 
+def sc_lm_eval(i: int, env: Dict[str, str], n: int = 12, rows: int = 300) -> Dict[str, Any]:
+    """consumer=lm_eval: bench/race_lmeval.py's project (four lm-eval tasks under an
+    include_path, local jsonl/csv/parquet files, two tasks sharing one file) on the shared
+    mount. `cluster-agent consumer=lm_eval` pre-builds it on A (lm-eval's own task manager
+    resolves the calls; its own loading verifies them); then n real `lm_eval run --model
+    dummy` processes start at once on B, each gated first and run in the gate's exported
+    environment, as recipes/eval_job.sbatch does."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import race_lmeval as R
+
+    root = SHARED / f"lmeval-{i}-{os.getpid()}"
+    hf = root / "hf"
+    bench_path = {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'bench'}"}
+    made = on("A", [sys.executable, "-c", "import sys, race_lmeval as R; from pathlib import Path; "
+                    "print(R.write_summary(R.make_project(Path(sys.argv[1]), rows=int(sys.argv[2]))))",
+                    str(root / "project"), str(rows)], bench_path)
+    assert made.returncode == 0, made.stderr[-500:]
+    summary = made.stdout.strip().splitlines()[-1]
+    agent_env = {"HF_DATASETS_CACHE": str(hf), "HF_HOME": str(root / "hf-home-A"), "HF_HUB_OFFLINE": "1",
+                 "HF_DATASETS_OFFLINE": "1", **env}
+    a = on("A", [CLI, "consumer=lm_eval", f"experiment={summary}", "policy=stop", "output=json"], agent_env)
+    res: Dict[str, Any] = {"agent_status": statuses(a), "failures": int(a.returncode != 0)}
+    if a.returncode != 0:
+        res["agent_error"] = a.stderr.strip().splitlines()[-1:] if a.stderr.strip() else []
+        return res
+    manifest = json.loads(a.stdout)["manifest"]
+    snapshot = ("import json, sys, race_lmeval as R; from pathlib import Path; "
+                "print(json.dumps(R.cache_state(Path(sys.argv[1]))))")
+
+    def state() -> Dict[str, int]:
+        r = on("B", [sys.executable, "-c", snapshot, str(hf)], bench_path)
+        assert r.returncode == 0, r.stderr[-500:]
+        return json.loads(r.stdout)
+
+    # The jobs' own environment names no HF cache: the gate's `export` lines must point them
+    # at the pre-built root (else they would build under their HF_HOME, and say "Generating").
+    # The 12 jobs share node B here, where flock works between them; on a cluster each runs
+    # on its own node, where it does not: tests/lockless makes filelock's locks no-ops in
+    # the jobs, a stand-in for those other nodes.
+    job_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_CACHE"))}
+    job_env.update({"HF_HOME": str(root / "hf-home-B"), "PYTHONPATH": str(R.LOCKLESS), "PYTHONUNBUFFERED": "1", **env})
+    before = state()
+    probe = subprocess.run(["bash", str(REPO / "scripts" / "sharedfs-node.sh"), "B", sys.executable, "-c",
+                            "import filelock; print(getattr(filelock, 'CLUSTER_AGENT_TEST_LOCKLESS', False))"],
+                           capture_output=True, text=True, env=job_env, cwd="/tmp")
+    res["lockless_active"] = probe.stdout.strip() == "True"
+    res["cache_paths"] = len(before)  # what the pre-build left there (the snapshot is not empty)
+    names = [R.TASKS[k % len(R.TASKS)] for k in range(n)]
+    t0 = time.monotonic()
+    jobs = R.run_jobs(str(Path(sys.executable).parent / "lm_eval"), names, root / "project" / "tasks", job_env,
+                      Path("/tmp"), timeout=1800, prefix=["bash", str(REPO / "scripts" / "sharedfs-node.sh"), "B"],
+                      gate=(CLI, manifest))
+    res["jobs_s"] = round(time.monotonic() - t0, 1)
+    written = R.changes(before, state())
+    res.update(jobs=len(jobs), failures=res["failures"] + sum(not j["ok"] for j in jobs),
+               false_refused=sum(j["gate"] == "refused" for j in jobs), gated=sum(j["gate"] == "ok" for j in jobs),
+               built_itself=sum(j["built_itself"] for j in jobs), written=written[:10], written_n=len(written),
+               errors=sorted({f"{j['task']}: {j['error']}" for j in jobs if not j["ok"]})[:5])
+    return res
+
+
 FUNCS = {"cold": sc_cold, "a_then_b": sc_a_then_b, "two_agents": sc_two_agents, "rewrite": sc_rewrite,
-         "torn": sc_torn, "kill": sc_kill}
+         "torn": sc_torn, "kill": sc_kill, "lm_eval": sc_lm_eval}
 
 
 def facts(kind: str) -> Dict[str, Any]:

@@ -9,6 +9,7 @@ FUSE); CI runs as root through scripts/test.sh.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -49,6 +50,22 @@ def test_agent_on_a_then_gate_and_12_jobs_on_b(rig):
     res = T.sc_a_then_b(0, {})
     assert res["jobs"] == 12
     assert (res["failures"], res["wrong_rows"], res["false_refused"]) == (0, 0, 0), res
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # 12 real lm_eval processes, each indexing lm-eval's task YAMLs, on 2 cores
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval not installed: pip install -e '.[lm-eval]'")
+def test_lm_eval_agent_on_a_then_gate_and_12_lm_eval_jobs_on_b(rig, capsys):
+    """consumer=lm_eval pre-builds on A; 12 real `lm_eval run --model dummy` jobs on B,
+    each gated first (the recipe's steps): all pass, none builds, nothing written."""
+    res = T.sc_lm_eval(0, {})
+    with capsys.disabled():
+        print(f"\n[{rig}] lm_eval: agent {res['agent_status']}, {res.get('jobs')} jobs in {res.get('jobs_s')} s")
+    assert res["agent_status"] == ["built", "built", "built"], res  # 3 calls: qa.jsonl is shared by 2 tasks
+    assert res["jobs"] == 12 and res["gated"] == 12, res
+    assert res["lockless_active"] is True and res["cache_paths"] > 0, res
+    assert (res["failures"], res["false_refused"], res["built_itself"]) == (0, 0, 0), res
+    assert res["written"] == [], res  # nothing created, modified or removed under the HF cache root
 
 
 def test_two_agents_at_once_build_each_entry_once(rig):
