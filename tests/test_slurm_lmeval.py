@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Dict
 import pytest
 
 from conftest import REPO, run_agent
-from test_slurm_e2e import SETUP, _cluster, submit, wait_done  # noqa: F401 - _cluster: the autouse check
+from test_slurm_e2e import SETUP, SUBMIT, _cluster, wait_done  # noqa: F401 - _cluster: the autouse check
 
 sys.path.insert(0, str(REPO / "bench"))
 import race_lmeval  # noqa: E402 - the harness owns the test project (one definition of its tasks)
@@ -38,6 +39,15 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow,
 # lm-eval indexes its ~14,000 task YAMLs (~8 s when idle) in the pre-build's resolve, in its
 # verification and in every job: minutes on a busy 2-core machine
 JOB_TIMEOUT = 900
+
+
+def submit_plain(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """recipes/submit.py from an environment that names no HF datasets cache (sbatch passes
+    the submitter's environment on to the jobs): only the gate's `export` lines can point
+    the jobs at the pre-built root; without them lm_eval would build under HF_HOME."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    return subprocess.run([sys.executable, str(SUBMIT), *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=120, stdin=subprocess.DEVNULL)
 
 
 def table_row(out: str, task: str) -> bool:
@@ -67,7 +77,7 @@ def test_lm_eval_recipe_runs_real_lm_eval_jobs_after_a_prebuild_job(tmp_path: Pa
     assert json.loads(pre.stdout)["entries"] == 3
 
     # 2. every eval job at once, chained on it (submitted while the pre-build is queued or running)
-    ev = submit(*overrides, "--model", "dummy", "--after", prebuild_job, "--json", "--job-name", f"lmeval-{tag}",
+    ev = submit_plain(*overrides, "--model", "dummy", "--after", prebuild_job, "--json", "--job-name", f"lmeval-{tag}",
                 cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     array = json.loads(ev.stdout)
@@ -88,6 +98,7 @@ def test_lm_eval_recipe_runs_real_lm_eval_jobs_after_a_prebuild_job(tmp_path: Pa
     manifest_path = exp / ".cluster-agent" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     assert manifest["decision"] == "proceed" and manifest["slurm_job_id"] == prebuild_job
+    assert manifest["consumer"] == "lm_eval" and manifest["env"]["HF_DATASETS_CACHE"] == str(caches["hf"])
     for i, task in enumerate(race_lmeval.TASKS):
         assert f"GATE_OK: 1 dataset(s) ready for task {task} ({manifest_path})" in outs[i], outs[i][-2000:]
         assert table_row(outs[i], task), outs[i][-2000:]
@@ -107,11 +118,11 @@ def test_lm_eval_recipe_runs_real_lm_eval_jobs_after_a_prebuild_job(tmp_path: Pa
     # refuses the one task that reads it: its job ends with exit 3 before lm_eval starts
     csv = project["data"] / "facts.csv"
     os.utime(csv, ns=(csv.stat().st_atime_ns, csv.stat().st_mtime_ns + 5 * 10**9))
-    refused = submit(*overrides, "--model", "dummy", "--json", cwd=tmp_path)  # the login-side check refuses first
+    refused = submit_plain(*overrides, "--model", "dummy", "--json", cwd=tmp_path)  # the login-side check refuses first
     assert refused.returncode == 3 and refused.stdout == "", refused.stderr
     assert f"GATE_REFUSED: {csv} has a new mtime since the pre-build" in refused.stderr
     manifest_bytes = manifest_path.read_bytes()
-    ev2 = submit(*overrides, "--model", "dummy", "--no-check", "--json", "--job-name", f"lmeval-{tag}", cwd=tmp_path)
+    ev2 = submit_plain(*overrides, "--model", "dummy", "--no-check", "--json", "--job-name", f"lmeval-{tag}", cwd=tmp_path)
     assert ev2.returncode == 0, ev2.stderr
     second = json.loads(ev2.stdout)
     done2 = wait_done(second["job_id"], 4, timeout=JOB_TIMEOUT)
