@@ -25,6 +25,8 @@ false "refused"):
     lm_eval     consumer=lm_eval on A (bench/race_lmeval.py's project), then 12 real
                 `lm_eval run --model dummy` jobs on B at once, each gated first: no
                 failure, nothing created/modified/removed under the HF cache root
+    lm_eval_cold  no cluster-agent: 6 real lm_eval jobs on A + 6 on B at once on a cold
+                cache (reported: the lm-eval users' race on a shared file system)
 
 `--before` runs the same scenarios with the fixes switched off where a switch exists
 (CLUSTER_AGENT_SETTLE_S=0: no settled re-reads; CLUSTER_AGENT_TRUST_STAT=1: trust an
@@ -49,7 +51,7 @@ W = Path(os.environ.get("CLUSTER_AGENT_SHAREDFS_DIR", "/var/lib/cluster-agent-sh
 SHARED = W / "shared"
 CLI = str(Path(sys.executable).parent / "cluster-agent")
 JOB = str(REPO / "bench" / "sharedfs_job.py")
-SCENARIOS = ("cold", "a_then_b", "two_agents", "rewrite", "torn", "kill", "lm_eval")
+SCENARIOS = ("cold", "a_then_b", "two_agents", "rewrite", "torn", "kill", "lm_eval", "lm_eval_cold")
 ROWS_OLD, ROWS_NEW = 2000, 3000
 
 
@@ -388,8 +390,42 @@ def sc_lm_eval(i: int, env: Dict[str, str], n: int = 12, rows: int = 300) -> Dic
     return res
 
 
+def sc_lm_eval_cold(i: int, env: Dict[str, str], n: int = 12, rows: int = 2000) -> Dict[str, Any]:
+    """No cluster-agent: n/2 real `lm_eval run --model dummy` jobs on A and n/2 on B start
+    at once on a cold HF cache on the shared mount (no stand-in: flock holds within a node
+    and not across the two). Reported, not asserted: what the users' race looks like."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import race_lmeval as R
+
+    root = SHARED / f"lmeval-cold-{i}-{os.getpid()}"
+    made = on("A", [sys.executable, "-c", "import sys, race_lmeval as R; from pathlib import Path; "
+                    "R.make_project(Path(sys.argv[1]), rows=int(sys.argv[2]))", str(root / "project"), str(rows)],
+              {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'bench'}"})
+    assert made.returncode == 0, made.stderr[-500:]
+    job_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_CACHE", "PYTHONPATH"))}
+    job_env.update({"HF_DATASETS_CACHE": str(root / "hf"), "HF_HOME": str(root / "hf-home"), "HF_HUB_OFFLINE": "1",
+                    "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env})
+    lm_eval = str(Path(sys.executable).parent / "lm_eval")
+    half = [R.TASKS[k % len(R.TASKS)] for k in range(n // 2)]
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(R.run_jobs, lm_eval, half, root / "project" / "tasks", job_env, Path("/tmp"), 1800,
+                            ["bash", str(REPO / "scripts" / "sharedfs-node.sh"), node]) for node in ("A", "B")]
+        jobs = [j for r in runs for j in r.result()]
+    by_type: Dict[str, int] = {}
+    for j in jobs:
+        if not j["ok"]:
+            by_type[j["error_type"]] = by_type.get(j["error_type"], 0) + 1
+    return {"jobs": len(jobs), "failures": sum(not j["ok"] for j in jobs), "failures_by_type": by_type,
+            "built_itself": sum(j["built_itself"] for j in jobs), "jobs_s": round(time.monotonic() - t0, 1),
+            "errors": sorted({j["error"] for j in jobs if not j["ok"]})[:3]}
+
+
 FUNCS = {"cold": sc_cold, "a_then_b": sc_a_then_b, "two_agents": sc_two_agents, "rewrite": sc_rewrite,
-         "torn": sc_torn, "kill": sc_kill, "lm_eval": sc_lm_eval}
+         "torn": sc_torn, "kill": sc_kill, "lm_eval": sc_lm_eval,
+         "lm_eval_cold": sc_lm_eval_cold}
 
 
 def facts(kind: str) -> Dict[str, Any]:
