@@ -22,7 +22,8 @@ false "refused"):
                 B's gate reads it: no false refusal
     kill        agent on A killed -9 while holding the entry's soft lock and B's agent
                 waits on it: B takes over after lock_stale_s and builds; jobs read right
-    lm_eval     consumer=lm_eval on A (bench/race_lmeval.py's project), then 12 real
+    lm_eval     (not in the default run: --scenario lm_eval,lm_eval_cold)
+                consumer=lm_eval on A (bench/race_lmeval.py's project), then 12 real
                 `lm_eval run --model dummy` jobs on B at once, each gated first: no
                 failure, nothing created/modified/removed under the HF cache root
     lm_eval_cold  no cluster-agent: 6 real lm_eval jobs on A + 6 on B at once on a cold
@@ -51,7 +52,9 @@ W = Path(os.environ.get("CLUSTER_AGENT_SHAREDFS_DIR", "/var/lib/cluster-agent-sh
 SHARED = W / "shared"
 CLI = str(Path(sys.executable).parent / "cluster-agent")
 JOB = str(REPO / "bench" / "sharedfs_job.py")
-SCENARIOS = ("cold", "a_then_b", "two_agents", "rewrite", "torn", "kill", "lm_eval", "lm_eval_cold")
+SCENARIOS = ("cold", "a_then_b", "two_agents", "rewrite", "torn", "kill")  # the default --scenario
+# lm-eval's two (--scenario lm_eval,lm_eval_cold; docs/lm_eval.md) take ~3 min a trial on
+# 2 cores, so they are not in the default run
 ROWS_OLD, ROWS_NEW = 2000, 3000
 
 
