@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -77,12 +78,22 @@ def _table(text: str) -> Tuple[Mount, ...]:
     return tuple(parse_mountinfo(text))
 
 
+_READ_S = 2.0  # the table is read again after this long: a run asks for every source and layer
+_last: Tuple[float, Tuple[Mount, ...]] = (float("-inf"), ())
+
+
 def mounts() -> Tuple[Mount, ...]:
+    global _last
+    now = time.monotonic()
+    if now - _last[0] < _READ_S:
+        return _last[1]
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
-            return _table(fh.read())
+            table = _table(fh.read())
     except OSError:
-        return ()
+        table = ()
+    _last = (now, table)
+    return table
 
 
 def mount_of(path: str, table: Optional[Tuple[Mount, ...]] = None) -> Optional[Mount]:
@@ -104,6 +115,8 @@ def mount_of(path: str, table: Optional[Tuple[Mount, ...]] = None) -> Optional[M
 
 
 def is_network(path: str) -> bool:
+    if not any(m.network for m in mounts()):
+        return False  # nothing is (the usual laptop or local-disk node): no realpath per path
     m = mount_of(path)
     return bool(m and m.network)
 

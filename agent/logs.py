@@ -1,14 +1,18 @@
-"""Logging: the one place that calls `logger.add` (DESIGN §6).
+"""Logging: the one place that sets up the sinks (DESIGN §6).
 
 Each line is `[YYYY-MM-DD HH:MM:SS] EVENT: message`, on stderr and appended to the
 experiment's log file. Records from the standard `logging` module (datasets, filelock,
 hydra, fsspec) are routed into the same sinks by an intercept handler.
+
+With `verbose=true` the sinks are loguru's (`logger.add` is called here only), for its
+debug level and tracebacks. Otherwise the event lines are written here directly, in the
+same format: importing and setting up loguru costs ~40 ms, a fifth of an unchanged
+re-run of 100 datasets (issue 14; docs/benchmarks.md), for lines that need nothing of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import time
 from pathlib import Path
@@ -18,29 +22,69 @@ from typing import Callable, Optional, TextIO
 # must not pay for it
 
 FORMAT = "[{time:YYYY-MM-DD HH:mm:ss}] {extra[event]}: {message}"
+_LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 
-class _Intercept(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        from loguru import logger
+class _Plain:
+    """The sinks without loguru: INFO and above, each line written and flushed at once
+    (forked build workers share the log file, opened for append, line-buffered)."""
 
-        event = record.name.split(".")[0].upper() or "LOG"
-        try:
-            level = logger.level(record.levelname).name
-        except ValueError:
-            level = record.levelno
-        logger.bind(event=event).opt(exception=record.exc_info).log(level, record.getMessage())
+    def __init__(self, write: Optional[Callable[[str], object]], log_file: Optional[Path]) -> None:
+        self.write = write if write is not None else sys.stderr.write
+        self.flush = sys.stderr.flush if write is None else None
+        self.log_file = log_file
+        self.fh: Optional[TextIO] = None
+
+    def emit(self, name: str, message: str, level: str) -> None:
+        if _LEVELS.get(str(level).upper(), 20) < 20:
+            return
+        text = line(name, message)
+        self.write(text)
+        if self.flush is not None:
+            self.flush()
+        if self.log_file is None:
+            return
+        try:  # created on the first line only; a write failure never stops the run (loguru's catch=True)
+            if self.fh is None:
+                self.fh = open(self.log_file, "a", encoding="utf-8", buffering=1)
+            self.fh.write(text)
+        except OSError:
+            self.log_file = None
+
+
+_plain: Optional[_Plain] = None
+
+
+def _intercept():  # logging is imported only by setup: the gate writes lines without it
+    import logging
+
+    class _Intercept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            event_name = record.name.split(".")[0].upper() or "LOG"
+            if _plain is not None:
+                message = record.getMessage()
+                if record.exc_info:
+                    import traceback
+
+                    message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+                _plain.emit(event_name, message, record.levelname)
+                return
+            from loguru import logger
+
+            try:
+                level = logger.level(record.levelname).name
+            except ValueError:
+                level = record.levelno
+            logger.bind(event=event_name).opt(exception=record.exc_info).log(level, record.getMessage())
+
+    return _Intercept()
 
 
 def setup(log_file: Optional[Path], verbose: bool, write: Optional[Callable[[str], None]] = None) -> None:
     """stderr (or `write`, e.g. a progress bar's writer) plus the log file."""
-    from loguru import logger
+    import logging
 
-    logger.remove()
-    logger.configure(extra={"event": "LOG"})
-    level = "DEBUG" if verbose else "INFO"
-    sink = write if write is not None else sys.stderr
-    logger.add(sink, format=FORMAT, level=level, colorize=False, backtrace=verbose, diagnose=False)
+    global _plain
     if log_file is not None:
         from agent.netfs import ensure_dir
 
@@ -48,14 +92,28 @@ def setup(log_file: Optional[Path], verbose: bool, write: Optional[Callable[[str
         # the folder) and catch=True would then drop every line silently
         with contextlib.suppress(OSError):
             ensure_dir(Path(log_file).parent)
-        logger.add(str(log_file), format=FORMAT, level=level, colorize=False, enqueue=False,
-                   encoding="utf-8", catch=True, delay=True)  # created on the first line only
-    logging.basicConfig(handlers=[_Intercept()], level=logging.DEBUG if verbose else logging.WARNING, force=True)
+    if verbose:
+        from loguru import logger
+
+        _plain = None
+        logger.remove()
+        logger.configure(extra={"event": "LOG"})
+        sink = write if write is not None else sys.stderr
+        logger.add(sink, format=FORMAT, level="DEBUG", colorize=False, backtrace=True, diagnose=False)
+        if log_file is not None:
+            logger.add(str(log_file), format=FORMAT, level="DEBUG", colorize=False, enqueue=False,
+                       encoding="utf-8", catch=True, delay=True)  # created on the first line only
+    else:
+        _plain = _Plain(write, log_file)
+    logging.basicConfig(handlers=[_intercept()], level=logging.DEBUG if verbose else logging.WARNING, force=True)
     for name in ("datasets", "filelock", "hydra", "fsspec", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def event(name: str, message: str, level: str = "INFO") -> None:
+    if _plain is not None:
+        _plain.emit(name, message, level)
+        return
     from loguru import logger
 
     logger.bind(event=name).log(level, message)

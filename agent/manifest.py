@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -163,7 +162,7 @@ def document(cfg: Any, summary: Any, consumer: Any, ctx: Dict[str, Any], entries
         "config_digest": digest,
         "experiment": {"name": summary.name, "summary": str(summary.path)},
         "site": cfg.site.name,
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,  # socket.gethostname(), without importing socket
         "user": user,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
