@@ -20,10 +20,12 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from agent.errors import CellError, TaskScriptError
-from agent.taskscript import HF_DATASET_PARAMS, KEY_PARAMS, TaskCall, read_task, resolve_script
+# agent.taskscript (ast) is imported by read_cell only: a run without cells just globs for them
+if TYPE_CHECKING:
+    from agent.taskscript import TaskCall
 
 INSPECT = "inspect"
 SUMMARY_NAME = "experiment_summary.yaml"
@@ -284,6 +286,8 @@ def read_cell(cell: Union[str, Path], scripts: Optional[Dict[Tuple[str, Optional
     """The call one cell's job makes; every inconsistency is one CellError / TaskScriptError line.
 
     `cell` is the cell folder (or its eval.yaml); `scripts` memoises parsed task scripts."""
+    from agent.taskscript import HF_DATASET_PARAMS, KEY_PARAMS, read_task, resolve_script
+
     cell = Path(cell)
     eval_yaml = cell if cell.name == "eval.yaml" else cell / "eval.yaml"
     folder = eval_yaml.parent

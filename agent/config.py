@@ -13,7 +13,6 @@ and the launch gate must not pay for importing Hydra at all (see ``agent.gate``)
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import re
 import typing
@@ -176,6 +175,8 @@ _TOP_KEYS = [f.name for f in AgentConfig.__dataclass_fields__.values()]  # type:
 
 
 def _suggest(word: str, choices: List[str]) -> str:
+    import difflib  # only for an error message
+
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

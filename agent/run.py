@@ -23,7 +23,8 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     where = paths.for_config(cfg)
     consumer = consumers.get(cfg.consumer.kind.name)
     installed = versions.for_consumer(consumer.name)
-    summary = read_summary(where.summary, paths.conditions_dir(cfg, where.summary), cfg.conditions.pattern)
+    summary = read_summary(where.summary, paths.conditions_dir(cfg, where.summary), cfg.conditions.pattern,
+                           memo=cfg.action.name == "prebuild")  # plan writes nothing, not even a memo
     planned = plan_entries(summary, cfg.consumer.split, cfg.consumer.default_field, cfg.task, consumer)
     if cfg.entry is not None:
         planned = select_entry(planned, cfg.entry, where.summary)
@@ -84,12 +85,14 @@ def _build_and_verify(records: List[EntryRecord], cfg: AgentConfig, settings: Bu
                       progress: report.Progress) -> List[EntryRecord]:
     """Build what needs it, then prove each with the real call; each built entry is
     logged once, after its verification."""
-    from agent import verify
-
     # the verification process starts now, so that its imports overlap the builds, and
     # verifies each entry as soon as it is built (while the next ones build)
-    verifier = verify.Verifier(settings.consumer, settings.job_env, [str(settings.roots.hf), str(
-        settings.roots.inspect)]) if cfg.verify and any(r.needs_build for r in records) else None
+    verifier = None
+    if cfg.verify and any(r.needs_build for r in records):
+        from agent import verify  # only then: an unchanged re-run does not import subprocess & co.
+
+        verifier = verify.Verifier(settings.consumer, settings.job_env, [str(settings.roots.hf), str(
+            settings.roots.inspect)])
 
     def done(record: EntryRecord) -> None:
         progress.advance(record)

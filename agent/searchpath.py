@@ -94,8 +94,12 @@ def locations() -> List[Location]:
 
 def extra_locations_exist() -> bool:
     """Anything beyond the shipped conf/ that could change the config (the gate's fast path
-    then steps aside): a search-path folder or --config-dir."""
-    return len(locations()) > 1
+    then steps aside): a search-path folder or --config-dir. Asked without the shipped
+    folder's path, which is agent.config's (the gate's fast path need not import it)."""
+    if _config_dir is not None or _hydra_searchpath or os.path.isdir(user_folder()):
+        return True
+    return any(os.path.isdir(os.path.abspath(os.path.expanduser(e)))
+               for e in filter(None, os.environ.get(ENV_PATH, "").split(os.pathsep)))
 
 
 def options(group: str) -> Dict[str, Location]:

@@ -66,13 +66,12 @@ def _refuse_code(node: Any, where: str, path: Path) -> None:
         )
 
 
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
+def _load_yaml(path: Path, memo: bool = False) -> Any:
     if path.is_dir():
         raise SummaryError(f"experiment={path} is a folder: point it at the experiment_summary.yaml file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SummaryError(f"experiment={path}: no such file; check the path (experiment=PATH)") from None
     except PermissionError:
@@ -81,6 +80,14 @@ def _load_yaml(path: Path) -> Any:
         raise SummaryError(f"experiment={path}: not UTF-8 text (byte {exc.start}); is it the right file?") from None
     except OSError as exc:
         raise SummaryError(f"experiment={path}: cannot read it ({exc.strerror})") from None
+    if memo:
+        return _parse_memoised(raw, text, path)
+    return _parse_yaml(text, path)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    import yaml
+
     try:
         # libyaml's safe loader when PyYAML has it: the same safe constructors, ~10x faster
         # on a summary with hundreds of tasks (an unchanged re-run parses it every time)
@@ -90,6 +97,41 @@ def _load_yaml(path: Path) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SummaryError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+def _parse_memoised(raw: bytes, text: str, path: Path) -> Any:
+    """What safe_load gives for these very bytes, from a JSON memo of an earlier parse when
+    there is one (beside the config memo, agent.confcache): importing PyYAML and parsing a
+    1,000-task summary cost an unchanged re-run ~60 ms (issue 14). The memo is keyed on
+    the bytes and the PyYAML release, and written only when the parsed document survives
+    JSON unchanged (str/int/float/bool/null, lists, string-keyed mappings: a date, a NaN or
+    a non-string key is parsed by YAML every time). A pure speed-up: any problem with the
+    memo means parsing again, never an error."""
+    import hashlib
+    import json
+
+    from agent import confcache
+    from agent.versions import version
+
+    if not confcache.enabled():
+        return _parse_yaml(text, path)
+    key = hashlib.sha256(raw + b"\0" + str(version("PyYAML")).encode()).hexdigest()[:32]
+    target = confcache.folder() / f"summary-{key}.json"
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    doc = _parse_yaml(text, path)
+    try:
+        if json.loads(json.dumps(doc, allow_nan=False)) == doc:
+            from agent.manifest import write_text_atomic
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(target, json.dumps(doc))
+            confcache._prune(target.parent)  # the memo folder keeps its newest 200 files
+    except (OSError, TypeError, ValueError, RecursionError):
+        pass
+    return doc
 
 
 def _get(node: Any, key: str, kind: type, where: str, path: Path, required: bool = True) -> Any:
@@ -161,10 +203,12 @@ def _condition_file(path: Path, folder: str, condition: str, pattern: str, task_
     return exact  # missing: the build reports it as CACHE_MISSING, like any missing file
 
 
-def read_summary(path: Path, conditions_dir: Optional[Path] = None, conditions_pattern: str = "{condition}.json") -> Summary:
-    """Parse and check the summary; every problem is a SummaryError naming the key."""
+def read_summary(path: Path, conditions_dir: Optional[Path] = None, conditions_pattern: str = "{condition}.json",
+                 memo: bool = False) -> Summary:
+    """Parse and check the summary; every problem is a SummaryError naming the key.
+    `memo`: the parse may come from (and go to) the memo of these bytes (_parse_memoised)."""
     path = Path(os.path.abspath(path))
-    doc = _load_yaml(path)
+    doc = _load_yaml(path, memo)
     if not isinstance(doc, dict):
         kind = "empty" if doc is None else f"a {type(doc).__name__}"
         raise SummaryError(f"{path}: the summary is {kind}, expected a mapping with evaluation.tasks")

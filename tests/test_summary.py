@@ -265,3 +265,60 @@ def test_two_condition_files_are_refused(tmp_path):
     with pytest.raises(SummaryError, match=r"eval_condition 'easy' matches 2 files in conds \(easy_test_aaaa1111.json, "
                                            r"easy_test_bbbb2222.json\)"):
         read_summary(summary, Path("conds"))
+
+
+# --- the parse memo (issue 14): an unchanged re-run need not import PyYAML -------------------
+
+MEMO_PROBE = """
+import json, sys
+from pathlib import Path
+from agent import confcache
+from agent.summary import read_summary
+s = read_summary(Path(sys.argv[1]), memo=True)
+print(json.dumps({"yaml": "yaml" in sys.modules, "name": s.name,
+                  "tasks": [[t.name, t.dataset, t.field, t.field_set] for t in s.tasks]}))
+"""
+
+
+def _memo_read(summary: Path) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MEMO_PROBE, str(summary)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _plain_read(summary: Path) -> dict:
+    s = read_summary(summary)
+    return {"name": s.name, "tasks": [[t.name, t.dataset, t.field, t.field_set] for t in s.tasks]}
+
+
+def test_summary_memo_gives_the_yaml_parse_and_follows_every_edit(tmp_path):
+    memo = Path(os.environ["CLUSTER_AGENT_CONFIG_MEMO"])
+    summary = write_summary(tmp_path / "exp", [{"name": "a", "dataset": "data/a.json", "field": "test"},
+                                               {"name": "b", "dataset": "data/b.jsonl"}])
+    first, second = _memo_read(summary), _memo_read(summary)
+    assert first["yaml"] is True and second["yaml"] is False, "the second read must come from the memo"
+    assert {k: v for k, v in second.items() if k != "yaml"} == _plain_read(summary)
+    assert len(list(memo.glob("summary-*.json"))) == 1
+    # the same size and mtime, other bytes: the memo is keyed on the bytes, not the stat
+    text = summary.read_text()
+    stat = summary.stat()
+    summary.write_text(text.replace("data/a.json", "data/x.json"))
+    os.utime(summary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    third = _memo_read(summary)
+    assert third["yaml"] is True and third["tasks"][0][1] == "data/x.json"
+    assert {k: v for k, v in third.items() if k != "yaml"} == _plain_read(summary)
+
+
+def test_summary_that_json_cannot_carry_is_parsed_by_yaml_every_time(tmp_path):
+    """A date (or a non-string key) would come back as a string from JSON: never memoised."""
+    memo = Path(os.environ["CLUSTER_AGENT_CONFIG_MEMO"])
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    summary = folder / "experiment_summary.yaml"
+    summary.write_text("experiment: {name: dated, created: 2026-12-01}\n"
+                       "evaluation:\n  tasks:\n    - {name: a, dataset: data/a.json}\n")
+    assert _memo_read(summary)["yaml"] is True
+    assert _memo_read(summary)["yaml"] is True
+    assert not list(memo.glob("summary-*.json"))
