@@ -416,9 +416,11 @@ def sweep_leftovers(roots: CacheRoots, call: LoadCall, consumer: str, versions: 
         listings = {}
     for folder, _ in places:
         if folder not in listings:
-            listings[folder] = [n for n in _listdir(folder) if n.startswith(".")]
+            listings[folder] = [n for n in _listdir(folder) if n.startswith(".") or n.endswith(".incomplete")]
     found = any(n.startswith(prefix) for folder, prefix in places for n in listings[folder])
-    if not found and not (hf_dir is not None and Path(f"{hf_dir}.incomplete").is_dir()):
+    # datasets' `<dir>.incomplete` is in the listing of the HF folder's parent (no stat per entry)
+    if not found and not (hf_dir is not None and f"{hf_dir.name}.incomplete" in listings[hf_dir.parent]
+                          and Path(f"{hf_dir}.incomplete").is_dir()):
         return []
     key = record_key(call, consumer, versions)
     notes: List[str] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
@@ -56,8 +57,8 @@ def stat_source(path: str) -> Fingerprint:
         st = os.stat(path)
     except OSError as exc:
         raise _open_error(path, exc) from None
-    if not os.path.isfile(path):
-        raise SourceError(f"{path} (is a folder, expected a data file)" if os.path.isdir(path)
+    if not stat.S_ISREG(st.st_mode):  # the same stat (os.path.isfile would stat again)
+        raise SourceError(f"{path} (is a folder, expected a data file)" if stat.S_ISDIR(st.st_mode)
                           else f"{path} (not a regular file)")
     return Fingerprint(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 

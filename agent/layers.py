@@ -9,6 +9,7 @@ inspect-ai 0.3.220 and 0.3.221 to check both key forms).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import string
@@ -53,6 +54,7 @@ def resolve_roots(hf_cache: Optional[Path], xdg_cache_home: Optional[Path], envi
 # --- inspect-ai's key ------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)  # asked for every entry of a run
 def _version_tuple(version: str) -> tuple:
     return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
 
@@ -84,6 +86,7 @@ def mm3_hash(message: str) -> str:
     return f"{h1 & 0xFFFFFFFFFFFFFFFF:016x}{h2 & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
+@functools.lru_cache(maxsize=64)  # the builder's name, for every entry of a run
 def safe_filename(s: str, max_length: int = 255) -> str:
     """inspect_ai._util.file.safe_filename, for the names we need (builders like 'json')."""
     s = unicodedata.normalize("NFKD", s).encode("ASCII", "ignore").decode("ASCII")
