@@ -246,6 +246,10 @@ def _plain_value(kind: Any, value: str) -> Any:
     elif kind is int:
         if re.fullmatch(r"0|[1-9][0-9]{0,8}", value):
             return int(value)
+    elif kind is float:
+        # Hydra parses 900 as an int and 0.5 as a float; OmegaConf stores either as float
+        if re.fullmatch(r"(0|[1-9][0-9]{0,8})(\.[0-9]{1,9})?", value):
+            return float(value)
     elif isinstance(kind, type) and issubclass(kind, Enum):
         if value in kind.__members__:
             return kind[value]
@@ -253,34 +257,72 @@ def _plain_value(kind: Any, value: str) -> Any:
 
 
 _NOT_PLAIN = object()
+_OPTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a config group's option name
+
+
+def _field_kind(cls: Any, dotted: str) -> Any:
+    """The schema type of a dotted key (`jobs`, `site.hf_cache`), or None: not a key of a
+    dataclass all the way down (a Dict entry such as site.env.X is Hydra's to add)."""
+    node = cls
+    kind = None
+    for part in dotted.split("."):
+        if not is_dataclass(node):
+            return None
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return None
+        node = kind = hints[part]
+    return kind
 
 
 def split_plain(overrides: List[str], cls: Any) -> tuple:
-    """(the other overrides, {key: value}) where each plain override is a top-level scalar
-    key with a value whose meaning needs no Hydra (`experiment=/a/b.yaml`, `jobs=2`). The
-    last of repeated keys wins, as in Hydra; a key given twice in other forms stays Hydra's."""
-    hints = typing.get_type_hints(cls)
+    """(the other overrides, {dotted key: value}) where each plain override sets a scalar
+    key of the schema (`experiment=/a/b.yaml`, `jobs=2`, `site.hf_cache=/scratch/hf`,
+    `policy.non_interactive=continue`) to a value whose meaning needs no Hydra. Hydra
+    applies such an override after composing the defaults, whatever else the command line
+    chose, so setting it on the composed result is the same (see plain_safe for the one
+    exception). The last of repeated keys wins, as in Hydra; a key that is also given in
+    another form, or a parent or child of it, leaves the whole command line to Hydra."""
     shape: List[str] = []
     plain: Dict[str, Any] = {}
     for item in overrides:
         name, sep, value = item.partition("=")
-        value_ = _plain_value(hints[name], value) if sep and name in hints else _NOT_PLAIN
+        kind = _field_kind(cls, name) if sep and name and not name.startswith(("+", "~")) else None
+        value_ = _plain_value(kind, value) if kind is not None else _NOT_PLAIN
         if value_ is _NOT_PLAIN:
             shape.append(item)
         else:
             plain[name] = value_
-    if any(item.partition("=")[0].lstrip("+~") in plain for item in shape):
-        return list(overrides), {}
+    for item in shape:
+        raw, _, value = item.partition("=")
+        key = raw.lstrip("+~")
+        # `site=della` chooses a profile (the defaults list), composed before any value is set
+        choice = raw == key and "." not in key and is_dataclass(_field_kind(cls, key)) and _OPTION.fullmatch(value)
+        if any(key == k or key.startswith(k + ".") or (k.startswith(key + ".") and not choice) for k in plain):
+            return list(overrides), {}
     return shape, plain
 
 
 def plain_safe(raw_unresolved: Any) -> bool:
-    """No interpolation except ${oc.env:...}: setting a top-level value after composing gives
-    what composing with it would (nothing else can refer to it)."""
+    """No interpolation except ${oc.env:...}: setting a value after composing gives what
+    composing with it would (nothing else can refer to it)."""
     return all("${" not in text or not re.search(r"\$\{(?!\s*oc\.env:)", text) for text in _strings(raw_unresolved))
 
 
 def apply_plain(typed: Any, plain: Dict[str, Any]) -> Any:
+    """`typed` with each dotted key set (a copy: the memo's object is left alone)."""
     import dataclasses
 
-    return dataclasses.replace(typed, **plain) if plain else typed
+    if not plain:
+        return typed
+    nested: Dict[str, Dict[str, Any]] = {}
+    top: Dict[str, Any] = {}
+    for key, value in plain.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, inner in nested.items():
+        top[head] = apply_plain(getattr(typed, head), inner)
+    return dataclasses.replace(typed, **top)

@@ -152,3 +152,62 @@ def test_plain_values_referenced_by_a_profile_are_composed_by_hydra(memo_env, no
     a = _load(["site=bytask", "task=alpha", "action=prebuild"], memo_env)
     b = _load(["site=bytask", "task=beta", "action=prebuild"], memo_env)
     assert a["cfg"]["site"]["name"] == "alpha" and b["cfg"]["site"]["name"] == "beta"
+
+
+# --- a new command line: value overrides set on the memo of the same profiles (issue 14) -------
+
+# (a command line that stores the memo, a new one that differs only in value overrides)
+NEW_COMMAND_LINES = [
+    (["policy=stop"], ["policy=stop", "site.hf_cache=/scratch/a/hf", "jobs=3", "verify=false"]),
+    (["site=della"], ["site=della", "site.hf_cache=/scratch/x", "site.lock=soft", "site.lock_timeout_s=30",
+                      "site.memory_budget_mb=4096"]),
+    (["consumer=datasets", "policy=continue"], ["consumer=datasets", "policy=continue", "consumer.split=validation",
+                                                "policy.non_interactive=continue", "launcher.array_threshold=4"]),
+    (["+site.env.FOO=bar"], ["+site.env.FOO=bar", "site.xdg_cache_home=/scratch/xdg", "output=json"]),
+    (["site=mylab"], ["site=mylab", "site.state_dir=/scratch/state", "site.lock_stale_s=60.5"]),
+]
+
+
+def _hydra(overrides):
+    """What Hydra itself composes for the whole command line (in this process)."""
+    from agent import config
+
+    config._check_overrides(overrides)
+    return confcache.to_plain(to_typed(compose_config(overrides)))
+
+
+@pytest.mark.parametrize("first,new", NEW_COMMAND_LINES, ids=[" ".join(n) for _, n in NEW_COMMAND_LINES])
+def test_new_command_line_of_value_overrides_skips_hydra_and_equals_its_compose(first, new, memo_env, no_user_config,
+                                                                               monkeypatch):
+    monkeypatch.setenv("USER", "alice")
+    (no_user_config / "site").mkdir(parents=True)
+    (no_user_config / "site" / "mylab.yaml").write_text("defaults: [local, _self_]\nname: mylab\nhf_cache: /scratch/lab\n")
+    env = dict(os.environ)
+    stored = _load(first, env)
+    assert stored["cfg"] == _hydra(first)
+    got = _load(new, env)
+    assert got["hydra"] is False, "a new command line of value overrides must not compose"
+    assert got["cfg"] == _hydra(new)
+
+
+def test_what_only_hydra_can_say_is_composed(memo_env, no_user_config):
+    """Values that need Hydra's grammar or types (null, quotes, lists, numbers for a string,
+    a key given twice in two forms, + and ~) compose, and equal Hydra's answer."""
+    _load(["policy=stop"], memo_env)
+    for new in (["policy=stop", "site.hf_cache=null"], ["policy=stop", "site.umask=0002"],
+                ["policy=stop", "site.slurm.setup=[module load x]"], ["policy=stop", "site.name='two words'"],
+                ["policy=stop", "+site.env.A=1", "~site.env.A"], ["policy=stop", "site.hf_cache=/a", "++site.hf_cache=/b"]):
+        got = _load(new, memo_env)
+        assert got["hydra"] is True, new
+        assert got["cfg"] == _hydra(new), new
+
+
+def test_a_changed_profile_invalidates_the_fast_path(memo_env, no_user_config):
+    (no_user_config / "site").mkdir(parents=True)
+    profile = no_user_config / "site" / "mylab.yaml"
+    profile.write_text("defaults: [local, _self_]\nname: mylab\nhf_cache: /scratch/one\nlock: flock\n")
+    _load(["site=mylab"], memo_env)
+    profile.write_text("defaults: [local, _self_]\nname: mylab\nhf_cache: /scratch/one\nlock: soft\n")
+    got = _load(["site=mylab", "site.hf_cache=/scratch/new"], memo_env)
+    assert got["hydra"] is True and got["cfg"]["site"]["lock"] == "soft"
+    assert got["cfg"] == _hydra(["site=mylab", "site.hf_cache=/scratch/new"])
