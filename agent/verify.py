@@ -168,41 +168,13 @@ def probe_one(consumer: str, roots: List[str], call: Dict[str, Any]) -> Dict[str
     return out
 
 
-# How much the imports yield to the builders (a nice increment of the importing thread).
-# A build keeps both cores of a 2-core node ~85% busy (pyarrow's reader threads; 6.6 s of
-# CPU in 3.9 s for the 92 MB file): at equal priority the verifier's imports (1.2 s of CPU
-# for datasets) came out of the build's share and made it 0.5 s longer. Niced, they run
-# mostly in the build's idle gaps; where a core is free (a small build, a quiet node) nice
-# changes nothing. Only the importing thread is niced; the calls run at the agent's priority.
-IMPORT_NICE = 5
-
-
-def _yielding(preload: Any) -> threading.Thread:
-    """Run `preload` in a thread with a lower priority (Linux: nice is per thread); the
-    first request waits for it to finish, so every call still runs on complete imports."""
-    def run() -> None:
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            tid = threading.get_native_id()
-            if sys.platform.startswith("linux"):
-                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + IMPORT_NICE)
-        preload()
-
-    thread = threading.Thread(target=run, name="verify-imports", daemon=True)
-    thread.start()
-    return thread
-
-
-def _serve(consumer: str, build_roots: List[str], answers: Any, imports: Optional[threading.Thread] = None) -> None:
+def _serve(consumer: str, build_roots: List[str], answers: Any) -> None:
     """Answer one JSON line per request line until stdin closes."""
     # Watch the roots the build wrote AND the roots this process's consumer really uses:
     # if the job environment points the consumer elsewhere (a site env override, another
     # XDG_CACHE_HOME), its miss writes there, and only watching there shows it.
-    roots = None
+    roots = list(dict.fromkeys(build_roots + _consumer_roots(consumer)))
     for line in sys.stdin:
-        if roots is None:
-            if imports is not None:
-                imports.join()
-            roots = list(dict.fromkeys(build_roots + _consumer_roots(consumer)))
         if line.strip():
             answers.write(json.dumps(probe_one(consumer, roots, json.loads(line))) + "\n")
             answers.flush()
@@ -433,14 +405,12 @@ def main(argv: List[str]) -> None:
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     # Import while the agent builds. A broken install fails in the call itself.
-    def preload() -> None:
-        with contextlib.suppress(Exception):
-            from agent import consumers
+    with contextlib.suppress(Exception):
+        from agent import consumers
 
-            import datasets  # noqa: F401  (inspect-ai imports it only inside hf_dataset)
-            consumers.get(consumer).preload()
-
-    _serve(consumer, build_roots, answers, _yielding(preload))
+        import datasets  # noqa: F401  (inspect-ai imports it only inside hf_dataset)
+        consumers.get(consumer).preload()
+    _serve(consumer, build_roots, answers)
     answers.flush()
     # Nothing to tear down that anyone needs: skip the interpreter's 0.8 s of freeing
     # datasets/pyarrow/inspect-ai modules once the last answer is written.
