@@ -91,8 +91,6 @@ def fingerprint(path: str, previous: Optional[Fingerprint] = None, content: bool
     build hashes it, overlapped with importing `datasets`)."""
     fp = stat_source(path)
     if trust_stat is None:
-        from agent.netfs import trust_stat as _trust
-
         trust_stat = _trust(path)
     if not trust_stat and previous is not None:
         previous = Fingerprint(previous.size, previous.mtime_ns, previous.ctime_ns, previous.inode, None)
@@ -104,5 +102,11 @@ def fingerprint(path: str, previous: Optional[Fingerprint] = None, content: bool
             raise _open_error(path, exc) from None
         return fp
     if previous is not None and previous.sha256 and fp.same_stat(previous):
-        return Fingerprint(fp.size, fp.mtime_ns, fp.ctime_ns, fp.inode, previous.sha256)
+        return previous  # the same stat and hash: the previous record (frozen) says it all
     return Fingerprint(fp.size, fp.mtime_ns, fp.ctime_ns, fp.inode, content_hash(path))
+
+
+def _trust(path: str) -> bool:
+    from agent.netfs import trust_stat  # netfs imports fsdetect: only when asked
+
+    return trust_stat(path)

@@ -79,21 +79,25 @@ def _table(text: str) -> Tuple[Mount, ...]:
 
 
 _READ_S = 2.0  # the table is read again after this long: a run asks for every source and layer
-_last: Tuple[float, Tuple[Mount, ...]] = (float("-inf"), ())
+# (when read, the table, whether any of its mounts is a network one)
+_last: Tuple[float, Tuple[Mount, ...], bool] = (float("-inf"), (), False)
+
+
+def _current() -> Tuple[float, Tuple[Mount, ...], bool]:
+    global _last
+    now = time.monotonic()
+    if now - _last[0] >= _READ_S:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+                table = _table(fh.read())
+        except OSError:
+            table = ()
+        _last = (now, table, any(m.network for m in table))
+    return _last
 
 
 def mounts() -> Tuple[Mount, ...]:
-    global _last
-    now = time.monotonic()
-    if now - _last[0] < _READ_S:
-        return _last[1]
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
-            table = _table(fh.read())
-    except OSError:
-        table = ()
-    _last = (now, table)
-    return table
+    return _current()[1]
 
 
 def mount_of(path: str, table: Optional[Tuple[Mount, ...]] = None) -> Optional[Mount]:
@@ -115,7 +119,7 @@ def mount_of(path: str, table: Optional[Tuple[Mount, ...]] = None) -> Optional[M
 
 
 def is_network(path: str) -> bool:
-    if not any(m.network for m in mounts()):
+    if not _current()[2]:
         return False  # nothing is (the usual laptop or local-disk node): no realpath per path
     m = mount_of(path)
     return bool(m and m.network)

@@ -96,8 +96,21 @@ def safe_filename(s: str, max_length: int = 255) -> str:
     return s[:max_length]
 
 
+# id(call) -> (the call, roots, version, folder): a run asks for each entry's folder three
+# times (reuse, the leftover sweep, the build); the call itself is held, so an id is
+# never taken for another object's
+_folders: dict = {}
+
+
 def inspect_folder(roots: CacheRoots, call: LoadCall, inspect_version: str) -> Path:
-    return roots.inspect / f"{safe_filename(call.builder)}-{mm3_hash(inspect_key_message(call, inspect_version))}"
+    seen = _folders.get(id(call))
+    if seen is not None and seen[0] is call and seen[1] == roots and seen[2] == inspect_version:
+        return seen[3]
+    folder = roots.inspect / f"{safe_filename(call.builder)}-{mm3_hash(inspect_key_message(call, inspect_version))}"
+    if len(_folders) > 100_000:
+        _folders.clear()
+    _folders[id(call)] = (call, roots, inspect_version, folder)
+    return folder
 
 
 # --- what a whole layer looks like ------------------------------------------------------
