@@ -274,8 +274,25 @@ REQUIRED = {
 }
 
 
+def _whole_as_recorded(kind: str, layer: Layer) -> bool:
+    """Every recorded file is there at its recorded size, and the record itself holds the
+    required files and an Arrow file (else layer_problems lists the folder for the reason)."""
+    names = layer.files
+    if not any(n.endswith(".arrow") for n in names) or any(n not in names for n in REQUIRED.get(kind, ())):
+        return False
+    for name, size in names.items():
+        try:
+            if os.stat(os.path.join(layer.dir, name)).st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def layer_problems(kind: str, layer: Layer) -> List[str]:
     """Why the layer on disk is not the one recorded: missing folder, files, truncation."""
+    if _whole_as_recorded(kind, layer):  # the common case: one stat per recorded file, no listing
+        return []
     try:
         present = {e.name: e.stat().st_size for e in os.scandir(layer.dir) if e.is_file()}
     except FileNotFoundError:

@@ -8,7 +8,6 @@ name is inspect-ai's key, recomputed without importing inspect-ai (agent.layers)
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -68,6 +67,8 @@ class InspectConsumer(Consumer):
             groups.setdefault(inspect_key_message(call, "0.3.285"), []).append(call)
         out: Dict[str, str] = {}
         for same in groups.values():
+            if len(same) < 2:  # one call per key: nothing to tell apart (and no realpath per entry)
+                continue
             files = {os.path.realpath(c.source()) for c in same}
             if len(files) > 1:
                 where = "; ".join(f"from {c.cwd} it names {os.path.realpath(c.source())}" for c in same)
@@ -91,6 +92,8 @@ class InspectConsumer(Consumer):
         for gone in locks.clean_leftovers(target.parent, f".{target.name}.", settings.lock_stale_s):
             notes.append(f"removed {gone} (left by a builder that is gone)")
         tmp = target.with_name(f".{target.name}.tmp-{locks.owner_tag()}")
+        import shutil
+
         try:
             ds.save_to_disk(str(tmp))
         except BaseException:
