@@ -34,17 +34,10 @@ Action = Enum("Action", {"prebuild": "prebuild", "plan": "plan", "check": "check
 OutputFormat = Enum("OutputFormat", {"text": "text", "json": "json", "shell": "shell"})
 LauncherKind = Enum("LauncherKind", {"local": "local", "slurm": "slurm"})
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def _bundled(name: str) -> Path:
-    """A folder shipped with the package: inside it when installed, beside it in a checkout."""
-    installed = PACKAGE_DIR / name
-    return installed if installed.is_dir() else PACKAGE_DIR.parent / name
-
+# where shipped folders and configured paths are: agent.paths (the gate imports it without this module)
+from agent.paths import EXAMPLE_SUMMARY, PACKAGE_DIR, _bundled, expand, inside  # noqa: E402,F401
 
 CONF_DIR = _bundled("conf")
-EXAMPLE_SUMMARY = _bundled("examples") / "experiment_summary.yaml"
 from agent.searchpath import GROUPS  # noqa: E402  (stdlib only)
 
 
@@ -505,31 +498,3 @@ def load(overrides: List[str]) -> AgentConfig:
     if cache_key is not None and typed.action.name != "plan":  # plan writes nothing, not even the memo
         confcache.put(cache_key, stored, raw, is_plain_safe=safe)
     return typed
-
-
-def inside(base: Path, value: Optional[str], key: str) -> Optional[Path]:
-    """Where `manifest=` / `log_file=` point. An absolute path (after ~ and $VARS) is the
-    user's explicit choice. A relative one resolves inside `base` (the state folder: the
-    summary's folder unless site.state_dir says otherwise), never against the current
-    folder, and may not climb out of it with '..': nothing is written outside the
-    configured folders by accident."""
-    if value is None or str(value).strip() == "":
-        return None
-    raw = os.path.expandvars(os.path.expanduser(str(value)))
-    if os.path.isabs(raw):
-        return Path(os.path.abspath(raw))
-    base = Path(os.path.abspath(base))
-    resolved = Path(os.path.normpath(os.path.join(str(base), raw)))
-    if resolved != base and base not in resolved.parents:
-        raise ConfigError(
-            f"{key}={value}: a relative path must stay inside {base} (it resolves to {resolved}); "
-            "write an absolute path to put it elsewhere")
-    return resolved
-
-
-def expand(path: Optional[str]) -> Optional[Path]:
-    """A configured path with ~ and $VARS expanded, made absolute (never relative to cwd
-    for keys the user did not write relative)."""
-    if path is None or str(path).strip() == "":
-        return None
-    return Path(os.path.abspath(os.path.expandvars(os.path.expanduser(str(path)))))

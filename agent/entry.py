@@ -12,7 +12,6 @@ Standard library only (the launch gate imports this module).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -128,6 +127,8 @@ class LoadCall:
         rest = [self.cwd, self.name, self.data_dir, self.revision, [list(p) for p in self.extra], list(self.order)]
         if any(rest):
             raw += rest
+        import hashlib  # here, not at the top: the gate's task= form never needs it (3-5 ms)
+
         return hashlib.sha256(json.dumps(raw, default=repr).encode()).hexdigest()[:16]
 
     def describe(self) -> str:

@@ -8,7 +8,6 @@ the inode, so it is caught, while an unchanged file costs one stat.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from dataclasses import asdict, dataclass
@@ -64,6 +63,8 @@ def stat_source(path: str) -> Fingerprint:
 
 
 def content_hash(path: str) -> str:
+    import hashlib  # only when a file must be hashed (an unchanged gate or re-run stats only)
+
     try:
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()  # streams in chunks

@@ -23,8 +23,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from agent.config import EXAMPLE_SUMMARY, expand, inside
+from agent.errors import ConfigError
 from agent.layers import CacheRoots, resolve_roots
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _bundled(name: str) -> Path:
+    """A folder shipped with the package: inside it when installed, beside it in a checkout."""
+    installed = PACKAGE_DIR / name
+    return installed if installed.is_dir() else PACKAGE_DIR.parent / name
+
+
+EXAMPLE_SUMMARY = _bundled("examples") / "experiment_summary.yaml"
+
+
+def inside(base: Path, value: Optional[str], key: str) -> Optional[Path]:
+    """Where `manifest=` / `log_file=` point. An absolute path (after ~ and $VARS) is the
+    user's explicit choice. A relative one resolves inside `base` (the state folder: the
+    summary's folder unless site.state_dir says otherwise), never against the current
+    folder, and may not climb out of it with '..': nothing is written outside the
+    configured folders by accident."""
+    if value is None or str(value).strip() == "":
+        return None
+    raw = os.path.expandvars(os.path.expanduser(str(value)))
+    if os.path.isabs(raw):
+        return Path(os.path.abspath(raw))
+    base = Path(os.path.abspath(base))
+    resolved = Path(os.path.normpath(os.path.join(str(base), raw)))
+    if resolved != base and base not in resolved.parents:
+        raise ConfigError(
+            f"{key}={value}: a relative path must stay inside {base} (it resolves to {resolved}); "
+            "write an absolute path to put it elsewhere")
+    return resolved
+
+
+def expand(path: Optional[str]) -> Optional[Path]:
+    """A configured path with ~ and $VARS expanded, made absolute (never relative to cwd
+    for keys the user did not write relative)."""
+    if path is None or str(path).strip() == "":
+        return None
+    return Path(os.path.abspath(os.path.expandvars(os.path.expanduser(str(path)))))
+
 
 DEFAULT_SUMMARY_NAME = "experiment_summary.yaml"
 
