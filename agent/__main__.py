@@ -1,5 +1,3 @@
-import sys
+from agent.cli import console
 
-from agent.cli import main
-
-sys.exit(main())
+console()

@@ -402,16 +402,17 @@ def write_json_atomic(path: Path, doc: dict) -> None:
 
 def sweep_leftovers(roots: CacheRoots, call: LoadCall, consumer: str, versions: Dict[str, Optional[str]],
                     layers: Dict[str, Layer], lock_kind: str, lock_stale_s: float,
-                    listings: Optional[Dict[Path, List[str]]] = None) -> List[str]:
+                    listings: Optional[Dict[str, List[str]]] = None) -> List[str]:
     """For an entry that needs no build: remove what a killed builder left beside its
     layers (temp folders, graves, datasets' `.incomplete`), under the entry lock and only
     when the owner is provably gone. Costs a directory listing when there is nothing.
 
     `listings` (folder -> names) is shared by the caller across entries: every inspect
-    entry lives in the same folder, which is then listed once per run, not once per entry."""
-    hf_dir = Path(layers[HF].dir) if HF in layers else None
-    places = [(hf_dir.parent, f".{hf_dir.name}.stale-")] if hf_dir is not None else []
-    places += consumers.get(consumer).leftover_places(roots, call, versions)
+    entry lives in the same folder, which is then listed once per run, not once per entry.
+    Plain strings, not Paths: this runs once per entry of every unchanged re-run."""
+    hf_dir = layers[HF].dir if HF in layers else None
+    places = [(os.path.dirname(hf_dir), f".{os.path.basename(hf_dir)}.stale-")] if hf_dir is not None else []
+    places += [(str(folder), prefix) for folder, prefix in consumers.get(consumer).leftover_places(roots, call, versions)]
     if listings is None:
         listings = {}
     for folder, _ in places:
@@ -419,24 +420,24 @@ def sweep_leftovers(roots: CacheRoots, call: LoadCall, consumer: str, versions: 
             listings[folder] = [n for n in _listdir(folder) if n.startswith(".") or n.endswith(".incomplete")]
     found = any(n.startswith(prefix) for folder, prefix in places for n in listings[folder])
     # datasets' `<dir>.incomplete` is in the listing of the HF folder's parent (no stat per entry)
-    if not found and not (hf_dir is not None and f"{hf_dir.name}.incomplete" in listings[hf_dir.parent]
-                          and Path(f"{hf_dir}.incomplete").is_dir()):
+    if not found and not (hf_dir is not None and f"{os.path.basename(hf_dir)}.incomplete" in listings[places[0][0]]
+                          and os.path.isdir(f"{hf_dir}.incomplete")):
         return []
     key = record_key(call, consumer, versions)
     notes: List[str] = []
     try:
         with locks.hold(locks_dir(roots) / f"{key}.lock", lock_kind, 1.0, lock_stale_s):
             for folder, prefix in places:
-                for gone in locks.clean_leftovers(folder, prefix, lock_stale_s):
+                for gone in locks.clean_leftovers(Path(folder), prefix, lock_stale_s):
                     notes.append(f"removed {gone} (left by a builder that is gone)")
             if hf_dir is not None:
-                _clean_hf_leftovers(hf_dir, notes, lock_kind, lock_stale_s)
+                _clean_hf_leftovers(Path(hf_dir), notes, lock_kind, lock_stale_s)
     except LockTimeout:
         return []  # someone is building it right now; they clean up
     return notes
 
 
-def _listdir(folder: Path) -> List[str]:
+def _listdir(folder: str) -> List[str]:
     try:
         return os.listdir(folder)
     except OSError:

@@ -122,7 +122,15 @@ class LoadCall:
 
     def key(self) -> str:
         """A stable id of the call (not of any library version). The simple call keeps the
-        id earlier manifests recorded."""
+        id earlier manifests recorded. Computed once per call object (a run asks ~5 times
+        per entry; the call is frozen, so the id cannot go stale)."""
+        known = self.__dict__.get("_key")
+        if known is None:
+            known = self._compute_key()
+            object.__setattr__(self, "_key", known)  # not a field: eq, replace and to_json ignore it
+        return known
+
+    def _compute_key(self) -> str:
         raw: list = [self.builder, self.data_files, self.field, self.split]
         rest = [self.cwd, self.name, self.data_dir, self.revision, [list(p) for p in self.extra], list(self.order)]
         if any(rest):

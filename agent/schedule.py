@@ -7,9 +7,11 @@ system when its worker exits, before the verification process starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Callable, Dict, List, Optional
+from multiprocessing.context import BaseContext
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from agent.build import BuildSettings, build_entry
 from agent.entry import EntryRecord, Status
@@ -51,18 +53,18 @@ def build_all(records: List[EntryRecord], settings: BuildSettings, jobs: int, bu
     out = list(records)
     if not todo:
         return out
+
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-    from multiprocessing import get_context
 
     workers = min(jobs, len(todo))
     queue = sorted(todo, key=lambda i: estimate_mb(records[i]), reverse=True) if workers > 1 else list(todo)
     running: Dict[Future, int] = {}
     in_use = 0.0
-    # fork: the parent has not imported datasets, and forking avoids re-importing the agent
     from agent.build import die_with_parent
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"),
-                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+    with _worker_context(workers, settings.job_env) as (context, parent), \
+            ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                initializer=die_with_parent, initargs=(parent,)) as pool:
         while queue or running:
             while queue and len(running) < workers and (
                     not running or in_use + estimate_mb(records[queue[0]]) <= budget_mb):
@@ -84,3 +86,36 @@ def build_all(records: List[EntryRecord], settings: BuildSettings, jobs: int, bu
                         logger.opt(exception=exc).bind(event="DEBUG").debug("build failed")
                 on_done(out[i])
     return out
+
+
+@contextlib.contextmanager
+def _worker_context(workers: int, job_env: Dict[str, str]) -> Iterator[Tuple[BaseContext, int]]:
+    """(how the build workers start, the pid they are forked from).
+
+    One worker: forked from the agent, which has not imported `datasets` (the worker
+    imports it, overlapped with hashing the source). Several: forked from a fork server
+    that imported `datasets` once with the job environment (agent.buildserver), so the
+    import is paid once, not once per worker. The server serves this run only: it is
+    stopped after the builds, so a later run in the same process (a sweep, the tests)
+    never forks from a server that read another run's cache roots."""
+    from multiprocessing import get_context
+
+    if workers < 2:
+        yield get_context("fork"), os.getpid()
+        return
+    from multiprocessing import forkserver
+
+    context = get_context("forkserver")
+    context.set_forkserver_preload(["agent.buildserver"])
+    saved = dict(os.environ)
+    os.environ.update(job_env)  # the server's environment is the agent's at its start
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        # stdlib has no public name for the server's pid or for stopping it (3.8-3.13)
+        yield context, forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    finally:
+        forkserver._forkserver._stop()  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from agent.consumers import HF, Consumer
+from agent.consumers import Consumer
 from agent.entry import EntryRecord, LoadCall
 from agent.errors import ConfigError, SummaryError
 
