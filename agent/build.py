@@ -290,10 +290,15 @@ def _fingerprint_while_importing(path: str, previous: Optional[Fingerprint],
     return box["fp"]
 
 
-def die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int, agent: Optional[int] = None) -> None:
     """Build-worker initializer: exit when the agent dies. A forked pool worker holds
     both ends of its task pipe, so after a `kill -9` of the agent it would wait forever
-    (found on the shared-FS rig: it kept the agent's stdout open). Linux only."""
+    (found on the shared-FS rig: it kept the agent's stdout open). Linux only.
+
+    `parent`: the process it was forked from (the agent, or the fork server of jobs > 1);
+    `agent`: the agent, when that is another process. A fork server outlives the agent
+    while any worker lives (they hold its "alive" pipe), so such a worker also watches
+    the agent itself."""
     import ctypes
     import signal
 
@@ -301,6 +306,38 @@ def die_with_parent(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the agent died before prctl took effect
         os._exit(1)
+    if agent is not None and agent != parent:
+        _exit_with(agent)
+
+
+def _exit_with(pid: int) -> None:
+    """Exit this process when process `pid` ends: a daemon thread waits on its pidfd
+    (Linux 5.3+; no polling), else checks once a second."""
+    import select
+    import threading
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (OSError, AttributeError):
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="agent-watch", daemon=True).start()
 
 
 def build_entry(record: EntryRecord, s: BuildSettings) -> EntryRecord:

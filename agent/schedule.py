@@ -64,7 +64,7 @@ def build_all(records: List[EntryRecord], settings: BuildSettings, jobs: int, bu
 
     with _worker_context(workers, settings.job_env) as (context, parent), \
             ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                initializer=die_with_parent, initargs=(parent,)) as pool:
+                                initializer=die_with_parent, initargs=(parent, os.getpid())) as pool:
         while queue or running:
             while queue and len(running) < workers and (
                     not running or in_use + estimate_mb(records[queue[0]]) <= budget_mb):

@@ -174,3 +174,68 @@ def test_random_kill_trials_smoke():
                           "--seed", str(int(time.time()) % 1000)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 with problems" in out.stdout
+
+
+def _descendants(pid: int) -> dict:
+    """{pid: command line} of every live process below `pid` (from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, todo = {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                try:
+                    found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (this VM's init may not reap reparented children)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_of_the_agent_during_a_jobs_2_build_leaves_no_process(tmp_path, caches):
+    """jobs=2 forks its build workers from a fork server that imported datasets once
+    (agent.schedule). That server lives as long as any worker holds its pipe, and a worker
+    waits on its task pipe forever: after a kill -9 of the agent, the whole tree must
+    still go, not spin or hang on the node (found while building it)."""
+    from tests.conftest import CLI
+
+    tasks = []
+    for i in range(4):
+        write_records(tmp_path / "exp" / "data" / f"d{i}.json", 150_000)
+        tasks.append({"name": f"t{i}", "dataset": f"data/d{i}.json"})
+    summary = write_summary(tmp_path / "exp", tasks)
+    proc = subprocess.Popen([CLI, f"experiment={summary}", "jobs=2", "verify=false", "consumer=datasets"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        tree: dict = {}
+        while time.time() < deadline and proc.poll() is None:
+            tree = _descendants(proc.pid)
+            if sum("multiprocessing.forkserver" in cmd for cmd in tree.values()) >= 3:  # the server + 2 workers
+                break
+            time.sleep(0.1)
+        assert sum("multiprocessing.forkserver" in cmd for cmd in tree.values()) >= 3, (proc.poll(), tree)
+        time.sleep(0.5)  # the workers are building now
+        tree.update(_descendants(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    assert not [cmd[:120] for p, cmd in tree.items() if _alive(p)]
