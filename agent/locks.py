@@ -412,8 +412,6 @@ def clean_leftovers(folder: Path, prefix: str, stale_s: float) -> List[str]:
     """Remove temporary files/folders in `folder` whose names start with `prefix` and end
     with an owner_tag() whose owner is provably gone; returns what was removed. Call it
     while holding the lock that covers those names."""
-    import shutil
-
     removed: List[str] = []
     try:
         names = [n for n in os.listdir(folder) if n.startswith(prefix)]
@@ -425,6 +423,8 @@ def clean_leftovers(folder: Path, prefix: str, stale_s: float) -> List[str]:
             continue
         try:
             if path.is_dir() and not path.is_symlink():
+                import shutil  # only then: every run sweeps, almost always finding nothing
+
                 shutil.rmtree(path)
             else:
                 path.unlink()

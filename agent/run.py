@@ -9,7 +9,7 @@ import sys
 import time
 from typing import List, TextIO
 
-from agent import consumers, manifest, paths, policy, report, reuse, schedule, versions
+from agent import consumers, logs, manifest, paths, policy, report, reuse, versions
 from agent.build import BuildSettings, sweep_leftovers
 from agent.config import AgentConfig
 from agent.entry import EntryRecord, Status
@@ -60,10 +60,11 @@ def run(cfg: AgentConfig, stdout: TextIO = sys.stdout) -> int:
     event("CACHE_PREBUILD", f"Pre-building {consumer.title} cache\nUnique datasets: {len(records)}")
     t0 = time.perf_counter()
     progress = report.Progress(len(records), enabled=sys.stderr.isatty() and cfg.output.name == "text")
-    for record in records:
-        if not record.needs_build:
-            report.log_item(record)
-            progress.advance(record)
+    with logs.held():  # one write for all the unchanged entries' lines
+        for record in records:
+            if not record.needs_build:
+                report.log_item(record)
+                progress.advance(record)
     records = _build_and_verify(records, cfg, settings, progress)
     progress.close()
     counts = manifest.count([{"status": str(r.status)} for r in records])
@@ -100,6 +101,8 @@ def _build_and_verify(records: List[EntryRecord], cfg: AgentConfig, settings: Bu
             verify.on_built(verifier, record)
     # the memory budget counts every process the run starts: the verifier too
     budget = cfg.site.memory_budget_mb - (verifier.rss_mb if verifier else 0.0)
+    from agent import schedule  # multiprocessing & co.: only when there is something to build
+
     try:
         built = schedule.build_all(records, settings, cfg.jobs, budget, done, cfg.verbose)
     except BaseException:

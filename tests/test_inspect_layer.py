@@ -41,7 +41,8 @@ for call in json.loads(sys.argv[1]):
                         sample_fields=lambda r: Sample(input=str(r["input"]), target=str(r["output"])), **call)
     after = set(os.listdir(root)) if root and os.path.isdir(root) else set()
     out.append({"rows": len(ds), "first": ds[0].input, "missed": "Loading dataset" in printed.getvalue(),
-                "new_folders": sorted(after - before)})
+                "new_folders": sorted(after - before),
+                "rows_sha": __import__("hashlib").sha256("\n".join(f"{s.input}\t{s.target}" for s in ds).encode()).hexdigest()})
 print(json.dumps(out))
 """
 
@@ -531,3 +532,72 @@ def test_consumer_inspect_without_the_extra_is_one_line_exit_2(tmp_path: Path, c
                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert read_manifest(summary)["versions"]["inspect_ai"] is None
+
+
+# --- 5. one copy of the bytes -------------------------------------------------------------
+
+
+def _rows_sha(n: int) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(f"q{i}\ta{i}" for i in range(n)).encode()).hexdigest()
+
+
+def _arrow(folder: Path) -> os.stat_result:
+    (arrow,) = folder.glob("*.arrow")
+    return arrow.stat()
+
+
+def test_inspect_layer_shares_the_hf_arrow_file_and_outlives_hf_cleanups(tmp_path: Path,
+                                                                           caches: Dict[str, Path]) -> None:
+    """On one file system the inspect layer's Arrow file is a hard link to the HF layer's
+    (save_to_disk wrote the same bytes): the cache takes half the disk. The real inspect-ai
+    call reads every row from it; after the HF folder is deleted (a clean-up, a purge) it
+    still does, and a rebuild of the HF layer leaves it readable."""
+    write_records(tmp_path / "exp" / "data" / "a.json", 500)
+    summary = write_summary(tmp_path / "exp", [{"name": "a", "dataset": "data/a.json"}])
+    assert run_agent(f"experiment={summary}").returncode == 0  # verified with the real call
+    doc = read_manifest(summary)
+    entry = doc["entries"][0]
+    hf_dir, ins_dir = Path(entry["layers"]["hf"]["dir"]), Path(entry["layers"]["inspect"]["dir"])
+    assert _arrow(hf_dir).st_ino == _arrow(ins_dir).st_ino and _arrow(ins_dir).st_nlink == 2
+    call = {"builder": "json", "split": "train", "data_files": entry["call"]["data_files"], "field": "test"}
+    read = consume([call], doc["env"])[0]
+    assert (read["rows"], read["rows_sha"], read["missed"]) == (500, _rows_sha(500), False)
+
+    shutil.rmtree(hf_dir)  # the HF layer cleaned away
+    before = tree(caches["xdg"])
+    read = consume([call], doc["env"])[0]
+    assert (read["rows"], read["rows_sha"], read["missed"]) == (500, _rows_sha(500), False)
+    assert tree(caches["xdg"]) == before  # still a pure cache hit of the inspect layer
+
+    rerun = run_agent(f"experiment={summary}", "output=json")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["summary"]["rebuilt"] == 1  # the HF layer was gone
+    read = consume([call], doc["env"])[0]
+    assert (read["rows"], read["rows_sha"], read["missed"]) == (500, _rows_sha(500), False)
+    assert _arrow(hf_dir).st_ino == _arrow(ins_dir).st_ino
+
+
+def test_inspect_layer_on_another_file_system_keeps_its_copy(tmp_path: Path, caches: Dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hard link across file systems: the inspect root on tmpfs keeps save_to_disk's copy."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a writable /dev/shm on another file system than the temp folder")
+    xdg = Path(__import__("tempfile").mkdtemp(prefix="ca-xdg-", dir=shm))
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+        write_records(tmp_path / "exp" / "data" / "a.json", 300)
+        summary = write_summary(tmp_path / "exp", [{"name": "a", "dataset": "data/a.json"}])
+        assert run_agent(f"experiment={summary}").returncode == 0
+        doc = read_manifest(summary)
+        entry = doc["entries"][0]
+        ins_dir = Path(entry["layers"]["inspect"]["dir"])
+        assert str(ins_dir).startswith(str(xdg)) and _arrow(ins_dir).st_nlink == 1
+        assert _arrow(ins_dir).st_size == _arrow(Path(entry["layers"]["hf"]["dir"])).st_size
+        call = {"builder": "json", "split": "train", "data_files": entry["call"]["data_files"], "field": "test"}
+        read = consume([call], doc["env"])[0]
+        assert (read["rows"], read["rows_sha"], read["missed"]) == (300, _rows_sha(300), False)
+    finally:
+        shutil.rmtree(xdg, ignore_errors=True)

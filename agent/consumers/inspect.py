@@ -96,6 +96,7 @@ class InspectConsumer(Consumer):
 
         try:
             ds.save_to_disk(str(tmp))
+            share_arrow_file(ds, tmp)  # half the disk when the bytes are the HF layer's
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # never leave half a folder behind
             raise
@@ -133,6 +134,40 @@ class InspectConsumer(Consumer):
         from platformdirs import user_cache_path  # what inspect_ai._util.appdirs uses
 
         return super().consumer_roots() + [str(user_cache_path("inspect_ai") / "hf_datasets")]
+
+
+def share_arrow_file(ds: Any, saved: Path) -> Optional[str]:
+    """Store the inspect layer's Arrow data once: when `save_to_disk` wrote one Arrow file
+    with the very bytes of the HF layer's one Arrow file, on the same file system, it is
+    replaced by a hard link to that file. Returns the HF file it now shares, else None
+    (the copy stays: another file system, several shards, other bytes, no hard links).
+
+    Measured (issue 14): the two files are byte-identical for a one-file `json` build, so
+    the cache's disk use halves. Nothing later can break the link's data: `datasets` never
+    writes an Arrow file in place (it writes a new file and renames), and deleting the HF
+    folder (a clean-up, a rebuild, `rm -rf`) removes a name, not the data the other name
+    holds (tests/test_inspect_layer.py reads it back with the real inspect-ai call)."""
+    import contextlib
+    import filecmp
+    import os
+
+    sources = [f["filename"] for f in ds.cache_files]
+    arrows = sorted(saved.glob("*.arrow"))
+    if len(sources) != 1 or len(arrows) != 1:
+        return None
+    hf_file, copy = sources[0], arrows[0]
+    link = copy.with_name(f".{copy.name}.link")
+    try:
+        a, b = os.stat(hf_file), os.stat(copy)
+        if a.st_dev != b.st_dev or a.st_size != b.st_size or not filecmp.cmp(hf_file, copy, shallow=False):
+            return None
+        os.link(hf_file, link)
+        os.replace(link, copy)  # the folder is not published yet: no job sees the swap
+    except OSError:  # EXDEV, EPERM, a file system without hard links: keep the copy
+        with contextlib.suppress(OSError):
+            link.unlink()
+        return None
+    return hf_file
 
 
 CONSUMER = InspectConsumer()
