@@ -177,6 +177,7 @@ class Suite:
     rows: List[Row] = field(default_factory=list)
     raw: Dict[str, object] = field(default_factory=dict)
     verbose: bool = True
+    disk: Dict[str, int] = field(default_factory=dict)  # bytes each cold variant's caches hold
 
     def say(self, msg: str) -> None:
         if self.verbose:
@@ -317,6 +318,21 @@ def bench_gate(s: Suite, n: int) -> None:
 # --- 3. cold builds, 4. peak memory --------------------------------------------------------
 
 
+def _disk_bytes(folder: Path) -> int:
+    """Disk blocks under `folder`, each file counted once (hard links share theirs), as du."""
+    seen, total = set(), 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
 def _cold(s: Suite, name: str, summary: Path, agent_variants: Dict[str, List[str]], sample_tree: bool = False
           ) -> Dict[str, List[Sample]]:
     variants: Dict[str, Callable[[], Sample]] = {}
@@ -333,6 +349,8 @@ def _cold(s: Suite, name: str, summary: Path, agent_variants: Dict[str, List[str
     s.say(f"{name}: cold builds, {', '.join(variants)} x {s.runs}")
     res = s.interleave({f"{name} {k}": v for k, v in variants.items()},
                        {f"{name} {k}": v for k, v in prepare.items()})
+    for label in variants:  # what the last run of each left on disk, before it goes
+        s.disk[f"{name} {label}"] = _disk_bytes(s.roots(name, label.replace(" ", "_").replace("=", "-").replace(",", "")).base)
     for label in variants:  # leave no multi-GB caches behind
         shutil.rmtree(s.roots(name, label.replace(" ", "_").replace("=", "-").replace(",", "")).base, ignore_errors=True)
     return {k.split(" ", 1)[1]: v for k, v in res.items()}
@@ -360,6 +378,13 @@ def bench_cold_one(s: Suite) -> None:
         "consumer=datasets": 1.1, "consumer=datasets, verify=false": None,
         "consumer=inspect": 1.15, "consumer=inspect, verify=false": None,
     }, {"consumer=datasets, verify=false": "no re-load check", "consumer=inspect, verify=false": "no re-load check"})
+    base = s.disk["cold-one baseline"]
+    for label in ("consumer=datasets", "consumer=inspect"):
+        used = s.disk[f"cold-one {label}"]
+        s.rows.append(Row(f"7 disk use, one {mb:.3g} MB file", f"{label}: both cache roots, as du counts",
+                          f"{used / 1e6:.0f} MB", f"{base / 1e6:.0f} MB (HF layer only)", used / base, "", "",
+                          "inspect: its Arrow file is a hard link to the HF layer's (same bytes, one file system)"
+                          if label == "consumer=inspect" else ""))
 
 
 def bench_cold_eight(s: Suite) -> None:

@@ -76,7 +76,7 @@ def test_every_benchmark_runs_small(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     benches = {r[0].split(",")[0] for r in _table_rows(proc.stdout)}
     assert {"1 unchanged re-run", "2 gate", "3 cold build", "4 peak memory", "5 scaling",
-            "6 consumer start"} <= benches
+            "6 consumer start", "7 disk use"} <= benches
     assert re.search(r"consumer=datasets .*\| [0-9.]+ +\| <= 1.1", proc.stdout)
     # the big cold-build caches are removed after measuring; the data stays for the next run
     caches = tmp_path / "work" / "caches"
